@@ -1,0 +1,119 @@
+"""The FastAPI application: routers, the one error handler, and the background reconciler."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from gateway import metrics, recovery
+from gateway.auth import router as auth_router
+from gateway.auth.service import KeyCache
+from gateway.calls import router as calls_router
+from gateway.config import Settings, get_settings
+from gateway.errors import SpecgateError
+from gateway.runtime import Runtime
+from gateway.sessions import router as sessions_router
+from gateway.tools import router as tools_router
+
+log = logging.getLogger("specgate.app")
+
+
+class Maintenance:
+    """Heartbeat + reconciler/reaper loop of one gateway, on a daemon thread."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="specgate-reconciler",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self.rt.heartbeat()
+        recovery.reconcile(self.rt, startup=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        period = self.rt.settings.reaper_period_s
+        while not self._stop.wait(min(period, self.rt.settings.owner_lease_s / 3)):
+            try:
+                self.rt.heartbeat()
+                recovery.reconcile(self.rt)
+            except Exception:
+                log.exception("reconciler pass failed; retrying next period")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+
+def _error(status: int, code: str, message: str, **details: object) -> ORJSONResponse:
+    return ORJSONResponse(SpecgateError(message, code=code, **details).to_body(),
+                          status_code=status)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(SpecgateError)
+    async def specgate_error(request: Request, error: SpecgateError) -> ORJSONResponse:
+        return ORJSONResponse(error.to_body(), status_code=error.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> ORJSONResponse:
+        problems = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+                    for e in error.errors()]
+        return _error(422, "invalid_request", "the request does not match the API schema",
+                      errors=problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> ORJSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+        return _error(error.status_code, code, str(error.detail))
+
+
+def create_app(settings: Settings | None = None, *, gateway_id: str | None = None,
+               background: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        rt = Runtime.create(settings, gateway_id=gateway_id)
+        app.state.runtime = rt
+        app.state.keys = KeyCache(rt.dbs.ledger, settings.key_cache_s)
+        metrics.HELD.set_function(lambda: rt.holds.held_connections)
+        maintenance = Maintenance(rt)
+        if background:
+            maintenance.start()
+        try:
+            yield
+        finally:
+            maintenance.stop()
+            rt.close()
+
+    app = FastAPI(title="specgate", version="0.1.0", lifespan=lifespan,
+                  default_response_class=ORJSONResponse,
+                  description="Tool-execution gateway for speculative voice agents.")
+    install_error_handlers(app)
+    for module in (sessions_router, calls_router, tools_router, auth_router):
+        app.include_router(module.router)
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz() -> dict[str, object]:
+        rt: Runtime = app.state.runtime
+        with rt.dbs.ledger.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        return {"ok": True, "gateway": rt.gateway_id, "held": rt.holds.held_connections}
+
+    @app.get("/metrics", tags=["ops"])
+    def prometheus() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

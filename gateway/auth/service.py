@@ -1,0 +1,96 @@
+"""API keys: one tenant and one role (``app`` or ``admin``) per key; only a hash is stored.
+
+Lookups are cached in-process for ``key_cache_s`` seconds (a revoked key keeps working at most
+that long on a gateway that has seen it), which keeps authentication off the hot path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+from sqlalchemy import Engine, insert, select, update
+
+from gateway.errors import Forbidden, NotFound, Unauthorized
+from gateway.ledger import models
+from gateway.ledger.service import ensure_chain, now
+
+KEY_PREFIX = "sgk_"
+
+
+class Role(StrEnum):
+    APP = "app"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    key_id: str
+    tenant: str
+    role: Role
+
+    def require_admin(self) -> None:
+        if self.role != Role.ADMIN:
+            raise Forbidden("this route needs an admin key")
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_key(ledger: Engine, tenant: str, role: Role | str, name: str = "") -> tuple[str, str]:
+    """Create a key; returns (key id, the secret — shown once, never stored)."""
+    if not tenant or len(tenant) > 128:
+        raise ValueError("a tenant is a non-empty name of at most 128 characters")
+    role = Role(role)
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    key_id = models.new_id("key")
+    with ledger.begin() as conn:
+        ensure_chain(conn, tenant)
+        conn.execute(insert(models.ApiKey).values(
+            id=key_id, tenant=tenant, role=role, name=name, key_hash=hash_key(secret)))
+    return key_id, secret
+
+
+def revoke_key(ledger: Engine, tenant: str, key_id: str) -> None:
+    table = models.ApiKey.__table__
+    with ledger.begin() as conn:
+        done = conn.execute(update(table).where(
+            table.c.id == key_id, table.c.tenant == tenant, table.c.revoked_at.is_(None)
+        ).values(revoked_at=now())).rowcount
+    if not done:
+        raise NotFound(f"key {key_id!r} not found")
+
+
+class KeyCache:
+    def __init__(self, ledger: Engine, ttl_s: float) -> None:
+        self.ledger = ledger
+        self.ttl_s = ttl_s
+        self._cache: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def authenticate(self, secret: str | None) -> Principal:
+        if not secret or not secret.startswith(KEY_PREFIX):
+            raise Unauthorized("missing or malformed API key (Authorization: Bearer sgk_…)")
+        digest = hash_key(secret)
+        hit = self._cache.get(digest)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        table = models.ApiKey.__table__
+        with self.ledger.connect() as conn:
+            row = conn.execute(select(table.c.id, table.c.tenant, table.c.role).where(
+                table.c.key_hash == digest, table.c.revoked_at.is_(None))).first()
+        if row is None:
+            raise Unauthorized("unknown or revoked API key")
+        principal = Principal(row.id, row.tenant, Role(row.role))
+        with self._lock:
+            self._cache[digest] = (time.monotonic() + self.ttl_s, principal)
+        return principal
+
+    def forget(self) -> None:
+        with self._lock:
+            self._cache.clear()

@@ -1,0 +1,111 @@
+"""Running one tool function for a call, in the right transaction, and capturing its outcome.
+
+Where a ``db`` call runs follows from its effect class (DESIGN §2):
+- kept effects (reversible now, sensitive at commit) run in the turn transaction, in a savepoint
+  that is kept so the call can still be undone;
+- reads run in the turn transaction when one is open on that database (so they see the turn's
+  own pending writes), in a savepoint rolled back afterwards, and otherwise in a read-only
+  transaction that is rolled back — a "safe" tool cannot leak a write either way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+from tool_adapters.sdk import ToolContext, ToolError
+
+from gateway.runtime import Runtime
+from gateway.tools.registry import RegisteredTool
+
+log = logging.getLogger("specgate.calls")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    ok: bool
+    result: Any = None
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallIdentity:
+    call_id: str
+    idempotency_key: str
+    tenant: str
+    session_id: str
+    turn_id: str
+
+
+def _context(identity: CallIdentity, tool: RegisteredTool, session: Session | None,
+             settings: Mapping[str, Any]) -> ToolContext:
+    return ToolContext(
+        call_id=identity.call_id,
+        idempotency_key=identity.idempotency_key,
+        tenant=identity.tenant,
+        session_id=identity.session_id,
+        turn_id=identity.turn_id,
+        db=session,
+        settings=settings,
+        logger=logging.getLogger(f"specgate.tool.{tool.name}"),
+    )
+
+
+def capture(fn: Callable[[], Any], tool_name: str, call_id: str) -> Outcome:
+    """Run ``fn``; a tool's own errors are results, anything else is a bug kept in the ledger."""
+    try:
+        return Outcome(True, result=fn())
+    except ToolError as error:
+        return Outcome(False, error={"code": error.code, "message": error.message})
+    except Exception as error:  # a bug in the adapter: recorded, never a hang or a lost call
+        log.exception("tool %r failed unexpectedly in call %r", tool_name, call_id)
+        return Outcome(False, error={"code": "internal_error", "message": f"{error!r}"})
+
+
+def run_db_tool(rt: Runtime, identity: CallIdentity, tool: RegisteredTool,
+                arguments: Mapping[str, Any], *, keep: bool,
+                hook: str = "invoke") -> Outcome:
+    """Run a ``db``-runner tool function (or its preflight hook) for one call."""
+    adapter = tool.adapter.name
+    url = rt.dbs.tool_url(adapter)
+    settings = rt.settings.adapter_settings.get(adapter, {})
+
+    def body(session: Session) -> Any:
+        ctx = _context(identity, tool, session, settings)
+        if hook == "preflight":
+            return tool.spec.run_preflight(ctx, arguments)
+        return tool.spec.invoke(ctx, arguments)
+
+    hold = rt.holds.get(identity.turn_id)
+    held = hold.connections.get(url) if hold else None
+    if held is None and keep:
+        hold = rt.holds.get_or_create(identity.turn_id)
+        held = hold.connection(url, rt.dbs.tool_engine(adapter), rt.dbs.ledger_url,
+                               rt.holds.acquire)
+    if hold is not None and held is not None:
+        active_hold, active_held = hold, held
+        return capture(
+            lambda: active_hold.run(active_held, identity.call_id, body, keep=keep,
+                                    timeout_s=tool.spec.timeout_s),
+            tool.name,
+            identity.call_id,
+        )
+    return capture(lambda: _read_only(rt, adapter, body, tool.spec.timeout_s), tool.name,
+                   identity.call_id)
+
+
+def _read_only(rt: Runtime, adapter: str, body: Callable[[Session], Any],
+               timeout_s: float) -> Any:
+    with rt.dbs.tool_engine(adapter).connect() as conn:
+        with conn.begin() as tx:
+            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+            conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
+            session = Session(bind=conn, join_transaction_mode="create_savepoint")
+            try:
+                return body(session)
+            finally:
+                session.close()
+                tx.rollback()

@@ -1,0 +1,112 @@
+"""Routes of single calls: read (optionally waiting), cancel, list."""
+
+from __future__ import annotations
+
+import base64
+import time
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from sqlalchemy import and_, or_, select
+from starlette.responses import Response
+
+from gateway.calls import service
+from gateway.calls.schemas import CallPage, CallView, CancelCall
+from gateway.calls.state import CallState, load_calls
+from gateway.deps import CurrentKey, IdempotentDep, RuntimeDep
+from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.ledger import models
+from gateway.ledger.states import CallStatus, TurnStatus
+from gateway.runtime import Runtime
+from gateway.sessions import service as sessions_service
+
+router = APIRouter(prefix="/v1/calls", tags=["calls"])
+CALLS = models.Call.__table__
+UNSETTLED = {CallStatus.PROPOSED, CallStatus.RUNNING}
+
+
+def _load(rt: Runtime, tenant: str, call_id: str) -> tuple[CallState, dict[str, str]]:
+    with rt.dbs.ledger.connect() as conn:
+        turn_id = conn.execute(select(CALLS.c.turn_id).where(
+            CALLS.c.id == call_id, CALLS.c.tenant == tenant)).scalar()
+        if turn_id is None:
+            raise NotFound(f"call {call_id!r} not found")
+        calls = load_calls(conn, turn_id)
+    ids = {c.id: c.client_call_id for c in calls}
+    return next(c for c in calls if c.id == call_id), ids
+
+
+@router.get("/{call_id}", response_model=CallView)
+def get_call(call_id: str, rt: RuntimeDep, key: CurrentKey,
+             wait: Annotated[float, Query(ge=0, le=300)] = 0) -> CallView:
+    deadline = time.monotonic() + min(wait, rt.settings.wait_max_s)
+    call, ids = _load(rt, key.tenant, call_id)
+    while call.status in UNSETTLED and time.monotonic() < deadline:
+        time.sleep(0.05)
+        call, ids = _load(rt, key.tenant, call_id)
+    return sessions_service.call_view(call, ids)
+
+
+@router.post("/{call_id}/cancel", response_model=list[CallView])
+def cancel_call(call_id: str, rt: RuntimeDep, key: CurrentKey, idem: IdempotentDep,
+                body: CancelCall | None = None) -> Response:
+    """Cancel a live call of an open turn and, transitively, every call depending on it.
+    Returns every call whose status changed (the cascade, and replays that conflicted)."""
+    reason = body.reason if body else "cancelled by the client"
+
+    def handler() -> tuple[int, object]:
+        call, _ = _load(rt, key.tenant, call_id)
+        with sessions_service.scope_of(rt, key.tenant, call.session_id, call.turn_id) as scope:
+            target = scope.by_id(call_id)
+            if scope.turn.status != TurnStatus.OPEN or not target.live:
+                raise Conflict(f"call {call_id!r} is {target.status} in a {scope.turn.status} "
+                               "turn and can no longer be cancelled", code="call_not_live")
+            changed = service.cancel_calls(rt, scope, [target], reason=reason)
+            ids = scope.client_ids()
+            return 200, [sessions_service.call_view(c, ids).model_dump(mode="json")
+                         for c in changed]
+
+    return idem.run(handler)
+
+
+def _cursor(value: str | None) -> tuple[datetime, str] | None:
+    if value is None:
+        return None
+    try:
+        stamp, call_id = base64.urlsafe_b64decode(value.encode()).decode().split("|", 1)
+        return datetime.fromisoformat(stamp), call_id
+    except ValueError as error:
+        raise BadRequest(f"invalid cursor {value!r}") from error
+
+
+@router.get("", response_model=CallPage)
+def list_calls(rt: RuntimeDep, key: CurrentKey, status: str | None = None,
+               tool: str | None = None, session: str | None = None,
+               cursor: str | None = None,
+               limit: Annotated[int, Query(ge=1, le=500)] = 50) -> CallPage:
+    """The tenant's calls, newest first, filtered; page on with `next_cursor`."""
+    if status is not None and status not in set(CallStatus):
+        raise BadRequest(f"unknown status {status!r}")
+    query = select(CALLS).where(CALLS.c.tenant == key.tenant)
+    for column, value in ((CALLS.c.status, status), (CALLS.c.tool, tool),
+                          (CALLS.c.session_id, session)):
+        if value is not None:
+            query = query.where(column == value)
+    after = _cursor(cursor)
+    if after is not None:
+        query = query.where(or_(CALLS.c.created_at < after[0], and_(
+            CALLS.c.created_at == after[0], CALLS.c.id < after[1])))
+    query = query.order_by(CALLS.c.created_at.desc(), CALLS.c.id.desc()).limit(limit + 1)
+    with rt.dbs.ledger.connect() as conn:
+        calls = [CallState.from_row(r) for r in conn.execute(query)]
+    more = len(calls) > limit
+    calls = calls[:limit]
+    next_cursor = None
+    if more:
+        last = calls[-1]
+        assert last.created_at is not None
+        raw = f"{last.created_at.isoformat()}|{last.id}"
+        next_cursor = base64.urlsafe_b64encode(raw.encode()).decode()
+    return CallPage(items=[sessions_service.call_view(c, {}) for c in calls],
+                    next_cursor=next_cursor)

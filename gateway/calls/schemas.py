@@ -1,0 +1,73 @@
+"""Request and response bodies of the call routes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ClientId = int | str
+
+
+def _client_id(value: ClientId) -> str:
+    text = str(value)
+    if not text or len(text) > 64 or not text.replace("_", "").replace("-", "").isalnum():
+        raise ValueError("a client call id is a number or a short name of letters, digits, - or _")
+    return text
+
+
+class IssueCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tool: str = Field(description="Registered tool name, `adapter.tool`.")
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    client_call_id: ClientId = Field(description="The agent's id for the call (unique per turn).")
+    depends_on: list[ClientId] = Field(default_factory=list)
+    supersedes: ClientId | None = Field(
+        default=None, description="Amend: the client id of the live call this one replaces."
+    )
+
+    @field_validator("client_call_id", "supersedes")
+    @classmethod
+    def _normalise(cls, value: ClientId | None) -> str | None:
+        return None if value is None else _client_id(value)
+
+    @field_validator("depends_on")
+    @classmethod
+    def _normalise_all(cls, value: list[ClientId]) -> list[str]:
+        return [_client_id(v) for v in value]
+
+
+class CancelCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(default="cancelled by the client", max_length=500)
+
+
+class CallView(BaseModel):
+    id: str
+    session_id: str
+    turn_id: str
+    client_call_id: str
+    tool: str
+    effect: str
+    runner: str
+    requires_approval: bool
+    status: str
+    arguments: dict[str, Any]
+    resolved_arguments: dict[str, Any] | None
+    depends_on: list[str] = Field(description="Client ids of the calls this one depends on.")
+    supersedes: str | None = Field(description="Id of the call this one amended.")
+    result: Any
+    error: dict[str, Any] | None
+    replays: int
+    created_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    decided_at: datetime | None
+    expires_at: datetime | None
+
+
+class CallPage(BaseModel):
+    items: list[CallView]
+    next_cursor: str | None

@@ -1,0 +1,233 @@
+"""Issuing and cancelling calls in an open turn (DESIGN §3).
+
+Everything here runs under the session's lock with a ``TurnScope`` loaded from the ledger.
+All validation happens before the first write, so a refused request changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+from pydantic import ValidationError
+from tool_adapters.sdk import Effect, Runner
+
+from gateway.calls import placeholders
+from gateway.calls.execution import CallIdentity, Outcome, run_db_tool
+from gateway.calls.schemas import IssueCall
+from gateway.calls.state import CallState, TurnScope
+from gateway.errors import Conflict, InvalidArguments
+from gateway.ledger import models
+from gateway.ledger.service import now, record_creation, transition_call
+from gateway.ledger.states import CallStatus, TurnStatus
+from gateway.runtime import Runtime
+from gateway.tools.registry import RegisteredTool
+
+log = logging.getLogger("specgate.calls")
+S = CallStatus
+
+
+def identity(call: CallState) -> CallIdentity:
+    return CallIdentity(call.id, call.idempotency_key, call.tenant, call.session_id, call.turn_id)
+
+
+def validation_error(error: ValidationError, tool: str) -> InvalidArguments:
+    problems = [
+        {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in error.errors()
+    ]
+    return InvalidArguments(f"arguments do not match the schema of {tool!r}", errors=problems)
+
+
+def _dependencies(scope: TurnScope, request: IssueCall,
+                  superseded: CallState | None) -> list[CallState]:
+    live = scope.live_by_client()
+    if superseded is not None:
+        live.pop(superseded.client_call_id, None)
+    wanted = list(dict.fromkeys([*request.depends_on, *placeholders.references(request.arguments)]))
+    missing = [c for c in wanted if c not in live]
+    if missing:
+        raise InvalidArguments(
+            f"no live call with client id {missing[0]!r} in this turn", code="unknown_dependency"
+        )
+    return [live[c] for c in wanted]
+
+
+def _check_request(scope: TurnScope, tool: RegisteredTool, request: IssueCall,
+                   ) -> tuple[CallState | None, list[CallState], dict[str, Any] | None]:
+    """Everything that can refuse the request: (superseded call, dependencies, resolved args
+    or None when a dependency has no result yet)."""
+    if scope.turn.status != TurnStatus.OPEN:
+        raise Conflict(f"turn {scope.turn.id!r} is {scope.turn.status}", code="turn_not_open")
+    if tool.spec.runner != Runner.DB:
+        raise InvalidArguments(f"tool {tool.name!r} needs the task runner, which this gateway "
+                               "does not run yet", code="runner_unavailable")
+    live = scope.live_by_client()
+    superseded = None
+    if request.supersedes is not None:
+        superseded = live.get(request.supersedes)
+        if superseded is None:
+            raise InvalidArguments(f"no live call {request.supersedes!r} to supersede",
+                                   code="unknown_supersedes")
+    if request.client_call_id in live and request.client_call_id != request.supersedes:
+        raise Conflict(f"client call id {request.client_call_id!r} is already live in this turn; "
+                       "send it with supersedes to amend", code="duplicate_client_call_id")
+    unknown = set(request.arguments) - set(tool.spec.parameters.get("properties", {}))
+    if unknown:
+        raise InvalidArguments(f"unknown argument {sorted(unknown)[0]!r} for {tool.name!r}",
+                               code="invalid_arguments")
+    deps = _dependencies(scope, request, superseded)
+    if any(not d.has_result for d in deps):
+        return superseded, deps, None
+    try:
+        resolved = placeholders.resolve(request.arguments,
+                                        {d.client_call_id: d.result for d in deps})
+        tool.spec.validate(resolved)
+    except placeholders.PlaceholderError as error:
+        raise InvalidArguments(str(error), code="placeholder_unresolvable") from error
+    except ValidationError as error:
+        raise validation_error(error, tool.name) from error
+    return superseded, deps, resolved
+
+
+def issue_call(rt: Runtime, scope: TurnScope, request: IssueCall) -> CallState:
+    tool = rt.registry.get(request.tool)
+    superseded, deps, resolved = _check_request(scope, tool, request)
+    if superseded is not None:
+        cancel_calls(rt, scope, [superseded], reason="superseded")
+    call = _insert(rt, scope, tool, request, deps, superseded)
+    if resolved is None or tool.spec.effect == Effect.SENSITIVE:
+        _stage(rt, call, tool, resolved)
+    else:
+        _run_now(rt, call, tool, resolved)
+    return call
+
+
+def _insert(rt: Runtime, scope: TurnScope, tool: RegisteredTool, request: IssueCall,
+            deps: list[CallState], superseded: CallState | None) -> CallState:
+    call_id = models.new_id("call")
+    call = CallState(
+        id=call_id, tenant=scope.turn.tenant, session_id=scope.turn.session_id,
+        turn_id=scope.turn.id, seq=scope.next_seq(), client_call_id=request.client_call_id,
+        tool=tool.name, effect=str(tool.spec.effect), runner=str(tool.spec.runner),
+        requires_approval=tool.spec.requires_approval, arguments=request.arguments,
+        resolved_arguments=None, depends_on=[d.id for d in deps],
+        supersedes_id=superseded.id if superseded else None, status=S.PROPOSED, result=None,
+        error=None, idempotency_key=call_id, replays=0, created_at=now(),
+    )
+    with rt.dbs.ledger.begin() as conn:
+        conn.execute(models.Call.__table__.insert().values(
+            {k: v for k, v in vars(call).items() if k not in {"started_at", "finished_at",
+                                                               "decided_at", "expires_at"}}
+        ))
+        record_creation(conn, call.subject, S.PROPOSED, {"tool": tool.name})
+    scope.calls.append(call)
+    return call
+
+
+def move(rt: Runtime, call: CallState, target: str, detail: dict[str, Any] | None = None,
+         **values: Any) -> None:
+    """Transition one call in its own ledger transaction and mirror it in memory."""
+    with rt.dbs.ledger.begin() as conn:
+        transition_call(conn, call.subject, call.status, target, values, detail)
+    call.status = target
+    for key, value in values.items():
+        setattr(call, key, value)
+
+
+def _stage(rt: Runtime, call: CallState, tool: RegisteredTool,
+           resolved: dict[str, Any] | None) -> None:
+    if resolved is not None and tool.spec.preflight is not None:
+        outcome = run_db_tool(rt, identity(call), tool, resolved, keep=False, hook="preflight")
+        if not outcome.ok:
+            move(rt, call, S.RUNNING, started_at=now())
+            move(rt, call, S.FAILED, {"preflight": True}, error=outcome.error,
+                 finished_at=now(), resolved_arguments=resolved)
+            return
+    expires_at = now() + timedelta(seconds=rt.settings.staged_ttl_s)
+    move(rt, call, S.STAGED, resolved_arguments=resolved, expires_at=expires_at)
+
+
+def _run_now(rt: Runtime, call: CallState, tool: RegisteredTool,
+             resolved: dict[str, Any]) -> None:
+    move(rt, call, S.RUNNING, started_at=now(), resolved_arguments=resolved)
+    keep = tool.spec.effect == Effect.REVERSIBLE
+    outcome = run_db_tool(rt, identity(call), tool, resolved, keep=keep)
+    settle(rt, call, outcome, S.HELD if keep else S.SUCCEEDED)
+
+
+def settle(rt: Runtime, call: CallState, outcome: Outcome, success: str) -> None:
+    if outcome.ok:
+        move(rt, call, success, result=outcome.result, finished_at=now())
+    else:
+        move(rt, call, S.FAILED, {"error": outcome.error}, error=outcome.error,
+             finished_at=now())
+
+
+def doomed_by(scope: TurnScope, roots: Iterable[CallState]) -> list[CallState]:
+    """The roots and every live call depending on them, transitively, in issue order."""
+    doomed = {c.id for c in roots}
+    for call in scope.calls:
+        if call.live and doomed.intersection(call.depends_on):
+            doomed.add(call.id)
+    return [c for c in scope.calls if c.id in doomed and c.live]
+
+
+def cancel_calls(rt: Runtime, scope: TurnScope, roots: Iterable[CallState], *, reason: str,
+                 target: str = S.CANCELLED) -> list[CallState]:
+    """Cancel calls with cascade over ``depends_on``; undo their held effects and replay the
+    later live calls of the same transaction. Returns every call whose status changed."""
+    doomed = doomed_by(scope, roots)
+    hold = rt.holds.get(scope.turn.id)
+    to_replay: list[str] = []
+    for call in doomed:
+        if hold is not None:
+            to_replay.extend(hold.undo(call.id))
+    changed = []
+    for call in doomed:
+        move(rt, call, target, {"reason": reason}, decided_at=now())
+        changed.append(call)
+    doomed_ids = {c.id for c in doomed}
+    replay = [c for c in scope.calls if c.id in set(to_replay) - doomed_ids and c.live]
+    changed.extend(_replay(rt, scope, replay))
+    orphans = [c for c in scope.calls if c.live and any(
+        not scope.by_id(d).live and not scope.by_id(d).has_result for d in c.depends_on)]
+    if orphans:
+        changed.extend(cancel_calls(rt, scope, orphans, reason="a dependency is gone",
+                                    target=target))
+    return changed
+
+
+def _replay(rt: Runtime, scope: TurnScope, calls: list[CallState]) -> list[CallState]:
+    """Re-run calls whose transaction was rolled back under them; a different result than the
+    agent saw makes the call ``conflict`` (its effect undone) and the agent is told."""
+    changed: list[CallState] = []
+    for call in calls:
+        if any(not scope.by_id(d).live for d in call.depends_on):
+            continue  # cancelled by the orphan pass of the caller
+        tool = rt.registry.get(call.tool)
+        keep = call.status == S.HELD
+        try:
+            arguments = placeholders.resolve(call.arguments, scope.results_for(call))
+            outcome = run_db_tool(rt, identity(call), tool, arguments, keep=keep)
+        except placeholders.PlaceholderError as error:
+            outcome = Outcome(False, error={"code": "placeholder_unresolvable",
+                                            "message": str(error)})
+        if outcome.ok and outcome.result == call.result:
+            with rt.dbs.ledger.begin() as conn:
+                conn.execute(models.Call.__table__.update()
+                             .where(models.Call.__table__.c.id == call.id)
+                             .values(replays=call.replays + 1))
+            call.replays += 1
+            continue
+        hold = rt.holds.get(scope.turn.id)
+        if keep and outcome.ok and hold is not None:
+            hold.undo(call.id)
+        seen = {"result": outcome.result, "error": outcome.error}
+        move(rt, call, S.CONFLICT, {"previous": call.result, "replayed": seen},
+             error={"code": "conflict", "message": "replaying the call after a cancellation "
+                    "gave another result than the one returned", "replayed": seen},
+             decided_at=now())
+        changed.append(call)
+    return changed

@@ -1,0 +1,139 @@
+"""What the call and turn services work on: a turn's calls loaded from the ledger.
+
+A ``TurnScope`` is read under the session lock at the start of a request and kept in step with
+the ledger by the services as they write, so one request never reads the same rows twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, select
+
+from gateway.errors import NotFound
+from gateway.ledger import models
+from gateway.ledger.service import Subject
+from gateway.ledger.states import LIVE_CALL_STATUSES, RESULT_STATUSES, CallStatus
+
+
+@dataclass
+class CallState:
+    id: str
+    tenant: str
+    session_id: str
+    turn_id: str
+    seq: int
+    client_call_id: str
+    tool: str
+    effect: str
+    runner: str
+    requires_approval: bool
+    arguments: dict[str, Any]
+    resolved_arguments: dict[str, Any] | None
+    depends_on: list[str]
+    supersedes_id: str | None
+    status: str
+    result: Any
+    error: dict[str, Any] | None
+    idempotency_key: str
+    replays: int
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    decided_at: datetime | None = None
+    expires_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> CallState:
+        mapping = row._mapping
+        return cls(**{f.name: mapping[f.name] for f in fields(cls)})
+
+    @property
+    def subject(self) -> Subject:
+        return Subject(self.tenant, self.session_id, self.turn_id, self.id)
+
+    @property
+    def live(self) -> bool:
+        return self.status in LIVE_CALL_STATUSES
+
+    @property
+    def has_result(self) -> bool:
+        return self.status in RESULT_STATUSES or self.status == CallStatus.COMMITTED
+
+
+@dataclass
+class TurnState:
+    id: str
+    session_id: str
+    tenant: str
+    seq: int
+    status: str
+    opened_at: datetime
+    expires_at: datetime
+    decided_at: datetime | None
+    error: dict[str, Any] | None
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> TurnState:
+        mapping = row._mapping
+        return cls(**{f.name: mapping[f.name] for f in fields(cls)})
+
+    @property
+    def subject(self) -> Subject:
+        return Subject(self.tenant, self.session_id, self.id)
+
+
+@dataclass
+class TurnScope:
+    turn: TurnState
+    calls: list[CallState] = field(default_factory=list)
+
+    def by_id(self, call_id: str) -> CallState:
+        return next(c for c in self.calls if c.id == call_id)
+
+    def live_by_client(self) -> dict[str, CallState]:
+        return {c.client_call_id: c for c in self.calls if c.live}
+
+    def client_ids(self) -> dict[str, str]:
+        return {c.id: c.client_call_id for c in self.calls}
+
+    def next_seq(self) -> int:
+        return max((c.seq for c in self.calls), default=0) + 1
+
+    def results_for(self, call: CallState) -> dict[str, Any]:
+        """The results a call's placeholders may name, keyed by the dependency's client id."""
+        deps = (self.by_id(d) for d in call.depends_on)
+        return {d.client_call_id: d.result for d in deps if d.has_result}
+
+    def results_for_commit(self, call: CallState) -> dict[str, Any]:
+        """At commit, staged dependencies have run (in issue order) and carry their result."""
+        deps = (self.by_id(d) for d in call.depends_on)
+        return {d.client_call_id: d.result for d in deps
+                if d.has_result or (d.status == CallStatus.STAGED and d.error is None)}
+
+
+def load_calls(conn: Connection, turn_id: str) -> list[CallState]:
+    table = models.Call.__table__
+    rows = conn.execute(select(table).where(table.c.turn_id == turn_id).order_by(table.c.seq))
+    return [CallState.from_row(row) for row in rows]
+
+
+def load_turn(conn: Connection, tenant: str, session_id: str, turn_id: str | None) -> TurnState:
+    """A turn of a session of this tenant (the latest when ``turn_id`` is None), or 404."""
+    table = models.Turn.__table__
+    query = select(table).where(table.c.session_id == session_id, table.c.tenant == tenant)
+    if turn_id is not None:
+        query = query.where(table.c.id == turn_id)
+    row = conn.execute(query.order_by(table.c.seq.desc()).limit(1)).first()
+    if row is None:
+        what = f"turn {turn_id!r}" if turn_id else f"session {session_id!r}"
+        raise NotFound(f"{what} not found")
+    return TurnState.from_row(row)
+
+
+def load_scope(conn: Connection, tenant: str, session_id: str,
+               turn_id: str | None = None) -> TurnScope:
+    turn = load_turn(conn, tenant, session_id, turn_id)
+    return TurnScope(turn, load_calls(conn, turn.id))

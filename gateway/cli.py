@@ -1,0 +1,79 @@
+"""The ``specgate`` command."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from gateway.config import get_settings
+
+app = typer.Typer(help="specgate: speculative tool calls, held until the user is done.",
+                  no_args_is_help=True)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks (numbers measured side by side in one run).",
+                        no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(bench_app, name="bench")
+console = Console()
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def migrate(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Create or upgrade the ledger tables and every adapter's tables."""
+    from gateway.migrate import migrate_all
+
+    _logging(verbose)
+    url = migrate_all(get_settings())
+    console.print(f"[green]migrated[/] {url}")
+
+
+@app.command()
+def serve(host: str = "127.0.0.1", port: int = 8080,
+          verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Run the gateway (HTTP API). With no database URL configured, the embedded Postgres is
+    started and migrated first."""
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.migrate import migrate_all
+    from gateway.runtime import default_gateway_id
+
+    _logging(verbose)
+    settings = get_settings()
+    if settings.embedded:
+        migrate_all(settings)
+    application = create_app(settings, gateway_id=default_gateway_id(port))
+    uvicorn.run(application, host=host, port=port, log_level="info" if verbose else "warning")
+
+
+@keys_app.command("create")
+def keys_create(tenant: Annotated[str, typer.Option(help="Tenant the key belongs to.")],
+                role: Annotated[str, typer.Option(help="app or admin.")] = "app",
+                name: str = "") -> None:
+    """Create an API key and print it (it is shown only this once)."""
+    from gateway.auth.service import Role, create_key
+    from gateway.db import make_engine, resolve_database_url
+    from gateway.migrate import migrate_all
+
+    if role not in set(Role):
+        raise typer.BadParameter(f"role must be one of {[r.value for r in Role]}, got {role!r}")
+    settings = get_settings()
+    url = migrate_all(settings) if settings.embedded else resolve_database_url(settings)
+    engine = make_engine(url, pool_size=1)
+    try:
+        _, secret = create_key(engine, tenant, role, name)
+    finally:
+        engine.dispose()
+    typer.echo(secret)
+
+
+def main() -> None:
+    app()

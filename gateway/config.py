@@ -1,0 +1,89 @@
+"""One typed settings object for every specgate process.
+
+All settings come from the environment with the ``SPECGATE_`` prefix (or a ``.env`` file).
+Leaving ``SPECGATE_DATABASE_URL`` empty selects the embedded default: a private Postgres that
+the program starts itself under ``SPECGATE_HOME``. Settings are validated once at start-up and
+fail fast with a message that names the offending variable.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SPECGATE_", env_file=".env", extra="ignore")
+
+    home: Path = Field(
+        default=Path(".specgate"),
+        description="Runtime data of the embedded default (Postgres cluster, broker files).",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="Ledger database (SQLAlchemy URL). Empty: embedded Postgres under `home`.",
+    )
+    tool_database_urls: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Per-adapter tool databases, e.g. {\"demo\": \"postgresql+psycopg://…/shop\"}. "
+            "An adapter not listed writes to the ledger database (one local transaction at "
+            "commit); a listed one on another database commits by two-phase commit."
+        ),
+    )
+    adapter_settings: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Settings and secrets per adapter, handed to its tools as ctx.settings.",
+    )
+    broker_url: str | None = Field(default=None, description="Celery broker; empty: embedded.")
+    adapters: list[str] = Field(
+        default_factory=lambda: ["demo"],
+        description="Adapters to load, by package name under tool_adapters/ (explicit list).",
+    )
+
+    turn_ttl_s: float = Field(default=300.0, gt=0, description="An open turn expires after this.")
+    staged_ttl_s: float = Field(default=600.0, gt=0, description="TTL of a staged call.")
+    max_held_transactions: int = Field(
+        default=32, ge=1, description="Bound on turn transactions held open at once per gateway."
+    )
+    lock_timeout_ms: int = Field(default=2000, ge=1, description="lock_timeout on held turns.")
+    reaper_period_s: float = Field(default=5.0, gt=0, description="Reconciler/reaper period.")
+    owner_lease_s: float = Field(default=15.0, gt=0, description="Session owner lease length.")
+    key_cache_s: float = Field(default=30.0, ge=0, description="API key lookup cache lifetime.")
+    wait_max_s: float = Field(default=30.0, gt=0, description="Largest accepted ?wait=.")
+    gid_prefix: str = Field(default="sg", pattern=r"^[a-z][a-z0-9]{0,15}$")
+
+    @field_validator("database_url", "broker_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_only(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("postgresql"):
+            raise ValueError(f"SPECGATE_DATABASE_URL must be a postgresql URL, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _known_tool_databases(self) -> Settings:
+        unknown = set(self.tool_database_urls) - set(self.adapters)
+        if unknown:
+            raise ValueError(
+                f"SPECGATE_TOOL_DATABASE_URLS names adapters that are not loaded: {sorted(unknown)}"
+            )
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url is None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,86 @@
+"""Database plumbing: where the ledger lives and how tool databases are reached.
+
+The ledger engine is an ordinary pool of short transactions. Tool engines hand out the
+connections that turn transactions hold; those are checked out for the life of a turn and are
+bounded by ``max_held_transactions`` (see ``gateway.turns.holder``), so the pool size follows
+that bound rather than request concurrency.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import make_url
+
+from gateway.config import Settings
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def resolve_database_url(settings: Settings, database: str = "specgate") -> str:
+    """The ledger URL: configured, or the embedded Postgres started on demand."""
+    if settings.database_url is not None:
+        return settings.database_url
+    from gateway.embedded import embedded_database_url
+
+    return embedded_database_url(settings.home.resolve(), database)
+
+
+def make_engine(url: str, *, pool_size: int = 10, **kwargs: Any) -> Engine:
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=kwargs.pop("max_overflow", 10),
+        pool_pre_ping=False,
+        json_serializer=_json_dumps,
+        json_deserializer=orjson.loads,
+        **kwargs,
+    )
+
+
+def same_database(url_a: str, url_b: str) -> bool:
+    """True when two URLs reach the same database, so one local transaction can span both."""
+    a, b = make_url(url_a), make_url(url_b)
+    return (a.host, a.port or 5432, a.database, a.query.get("host")) == (
+        b.host,
+        b.port or 5432,
+        b.database,
+        b.query.get("host"),
+    )
+
+
+class Databases:
+    """The engines of one process: the ledger and one per tool database URL."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ledger_url = resolve_database_url(settings)
+        self.ledger = make_engine(self.ledger_url, pool_size=20, max_overflow=20)
+        self._tool_engines: dict[str, Engine] = {}
+        self._lock = threading.Lock()
+
+    def tool_url(self, adapter: str) -> str:
+        return self.settings.tool_database_urls.get(adapter, self.ledger_url)
+
+    def tool_engine(self, adapter: str) -> Engine:
+        url = self.tool_url(adapter)
+        with self._lock:
+            engine = self._tool_engines.get(url)
+            if engine is None:
+                bound = self.settings.max_held_transactions
+                engine = make_engine(url, pool_size=bound + 4, max_overflow=8)
+                self._tool_engines[url] = engine
+            return engine
+
+    def shares_ledger(self, adapter: str) -> bool:
+        return same_database(self.tool_url(adapter), self.ledger_url)
+
+    def dispose(self) -> None:
+        self.ledger.dispose()
+        for engine in self._tool_engines.values():
+            engine.dispose()

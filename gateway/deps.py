@@ -1,0 +1,66 @@
+"""Shared route dependencies: the runtime, the caller's key, idempotency."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, Request
+from starlette.responses import Response
+
+from gateway import idempotency
+from gateway.auth.service import KeyCache, Principal
+from gateway.runtime import Runtime
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def current_key(request: Request, authorization: Annotated[str | None, Header()] = None
+                ) -> Principal:
+    keys: KeyCache = request.app.state.keys
+    token = None
+    if authorization and authorization.lower().startswith("bearer "):
+        token = authorization[7:].strip()
+    return keys.authenticate(token)
+
+
+CurrentKey = Annotated[Principal, Depends(current_key)]
+
+
+def admin_key(key: CurrentKey) -> Principal:
+    key.require_admin()
+    return key
+
+
+AdminKey = Annotated[Principal, Depends(admin_key)]
+
+
+@dataclass
+class Idempotent:
+    """Runs a mutating handler at most once per ``Idempotency-Key`` (see gateway.idempotency)."""
+
+    runtime: Runtime
+    tenant: str
+    key: str | None
+    request_hash: str
+
+    def run(self, handler: Callable[[], tuple[int, Any]]) -> Response:
+        return idempotency.run(self.runtime.dbs.ledger, self.tenant, self.key,
+                               self.request_hash, handler)
+
+
+async def idempotent(request: Request, rt: RuntimeDep, principal: CurrentKey,
+                     idempotency_key: Annotated[str | None, Header()] = None) -> Idempotent:
+    body = await request.body()
+    digest = idempotency.fingerprint(request.method, request.url.path, body)
+    return Idempotent(rt, principal.tenant, idempotency_key, digest)
+
+
+IdempotentDep = Annotated[Idempotent, Depends(idempotent)]

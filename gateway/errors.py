@@ -1,0 +1,83 @@
+"""Errors the gateway answers with, one stable ``code`` each.
+
+Every error a client can cause or observe is a ``SpecgateError``; the HTTP mapping lives in one
+handler (``gateway.app``), which renders ``{"error": {"code", "message"}}``. Anything else that
+escapes a route is a bug and becomes a 500 without hiding it from the logs.
+
+    SpecgateError
+     ├── BadRequest            400  bad_request
+     │    └── InvalidArguments  422  invalid_arguments   (schema, placeholders, unknown tool)
+     ├── Unauthorized          401  unauthorized
+     ├── Forbidden             403  forbidden
+     ├── NotFound              404  not_found
+     ├── Conflict              409  conflict             (state does not allow it)
+     │    └── IdempotencyMismatch 409 idempotency_key_reused
+     └── Unavailable           429/503 capacity          (bounded resources exhausted)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SpecgateError(Exception):
+    status_code = 400
+    code = "error"
+
+    def __init__(self, message: str, *, code: str | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.details = details
+
+    def to_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return {"error": body}
+
+
+class BadRequest(SpecgateError):
+    status_code = 400
+    code = "bad_request"
+
+
+class InvalidArguments(BadRequest):
+    status_code = 422
+    code = "invalid_arguments"
+
+
+class Unauthorized(SpecgateError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(SpecgateError):
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFound(SpecgateError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(SpecgateError):
+    status_code = 409
+    code = "conflict"
+
+
+class IdempotencyMismatch(Conflict):
+    code = "idempotency_key_reused"
+
+
+class Unavailable(SpecgateError):
+    """A bounded resource is exhausted; the client may retry later."""
+
+    status_code = 429
+    code = "capacity"
+
+    def __init__(self, message: str, *, status_code: int = 429, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.status_code = status_code

@@ -1,0 +1,197 @@
+"""The reconciler and the TTL reaper (DESIGN §3 "Crash and recovery", invariants I1–I4, I9).
+
+Run at start-up and then every ``reaper_period_s`` by each gateway, under a Postgres advisory
+lock so two gateways never resolve the same thing at once:
+
+1. Prepared transactions of ours (``pg_prepared_xacts``, GID prefix) are resolved from the
+   ledger's decision: ``commit`` → COMMIT PREPARED, ``abort`` → ROLLBACK PREPARED. One without
+   a decision whose turn is not being committed by a live gateway gets an ``abort`` decision
+   first (the marker's primary key makes the first decision final) and is rolled back.
+2. Turns left ``committing``/``cancelling`` by a dead gateway are finished from the marker.
+3. Open turns whose held transaction died with its gateway are aborted (Postgres already
+   rolled the effects back; the ledger now says so).
+4. Turns and staged calls past their TTL are expired.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Connection, create_engine, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.pool import NullPool
+
+from gateway.calls import service as calls_service
+from gateway.calls.state import TurnScope, load_scope
+from gateway.errors import Conflict
+from gateway.ledger import models
+from gateway.ledger.service import now
+from gateway.ledger.states import CallStatus, TurnStatus
+from gateway.runtime import Runtime
+from gateway.turns import service as turns_service
+from gateway.turns.holder import prepared_gids, turn_of_gid
+
+log = logging.getLogger("specgate.recovery")
+S, T = CallStatus, TurnStatus
+LOCK_KEY = 0x5E6A7E  # advisory lock id of the reconciler
+PREPARED_GRACE_S = 30.0
+
+
+def _dead_owner_clause() -> str:
+    return (
+        "(s.owner_id IS NULL OR NOT EXISTS (SELECT 1 FROM gateways g WHERE g.id = s.owner_id "
+        "AND g.heartbeat_at > now() - make_interval(secs => :lease)))"
+    )
+
+
+def reconcile(rt: Runtime, *, startup: bool = False) -> dict[str, int]:
+    """One pass; returns counts of what it resolved (for logs, metrics and tests)."""
+    counts = {"committed_prepared": 0, "rolled_back_prepared": 0, "finished": 0,
+              "aborted": 0, "expired_turns": 0, "expired_calls": 0}
+    with rt.dbs.ledger.connect() as lock_conn:
+        if not lock_conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY}).scalar():
+            return counts
+        try:
+            _resolve_prepared(rt, counts)
+            for turn_id, tenant, session_id in _orphan_turns(rt, startup):
+                _recover_turn(rt, tenant, session_id, turn_id, counts)
+            _reap(rt, counts)
+        finally:
+            lock_conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
+            lock_conn.commit()
+    if any(counts.values()):
+        log.info("reconciler: %s", counts)
+    return counts
+
+
+def _database_urls(rt: Runtime) -> set[str]:
+    return {rt.dbs.ledger_url, *rt.settings.tool_database_urls.values()}
+
+
+def _decision(conn: Connection, turn_id: str) -> str | None:
+    table = models.CommitMarker.__table__
+    return conn.execute(select(table.c.decision).where(table.c.turn_id == turn_id)).scalar()
+
+
+def _resolve_prepared(rt: Runtime, counts: dict[str, int]) -> None:
+    for url in _database_urls(rt):
+        engine = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                for gid, prepared_at in prepared_gids(conn, rt.settings.gid_prefix):
+                    decision = _decide_prepared(rt, gid, prepared_at)
+                    if decision == "commit":
+                        conn.exec_driver_sql(f"COMMIT PREPARED '{gid}'")
+                        counts["committed_prepared"] += 1
+                    elif decision == "abort":
+                        conn.exec_driver_sql(f"ROLLBACK PREPARED '{gid}'")
+                        counts["rolled_back_prepared"] += 1
+        finally:
+            engine.dispose()
+
+
+def _decide_prepared(rt: Runtime, gid: str, prepared_at: Any) -> str | None:
+    turn_id = turn_of_gid(gid)
+    with rt.dbs.ledger.begin() as conn:
+        decision = _decision(conn, turn_id) if turn_id else "abort"
+        if decision is not None:
+            return decision
+        in_flight = rt.holds.get(turn_id) is not None if turn_id else False
+        young = now() - prepared_at < timedelta(seconds=PREPARED_GRACE_S)
+        if in_flight or (young and _owner_alive(conn, rt, turn_id)):
+            return None  # a live gateway is between PREPARE and its decision
+        conn.execute(pg_insert(models.CommitMarker).values(
+            turn_id=turn_id, decision="abort", gid=gid, outcomes={}
+        ).on_conflict_do_nothing(index_elements=["turn_id"]))
+        return _decision(conn, turn_id)
+
+
+def _owner_alive(conn: Connection, rt: Runtime, turn_id: str | None) -> bool:
+    row = conn.execute(text(
+        "SELECT 1 FROM turns t JOIN sessions s ON s.id = t.session_id "
+        f"WHERE t.id = :tid AND NOT {_dead_owner_clause()}"),
+        {"tid": turn_id, "lease": rt.settings.owner_lease_s}).first()
+    return row is not None
+
+
+def _orphan_turns(rt: Runtime, startup: bool) -> list[tuple[str, str, str]]:
+    """Undecided turns whose gateway is gone (or is this one, before it held anything)."""
+    mine = "s.owner_id = :me" if startup else "FALSE"
+    query = text(
+        "SELECT t.id, t.tenant, t.session_id FROM turns t JOIN sessions s ON s.id = t.session_id "
+        "WHERE (t.status IN ('committing', 'cancelling') OR (t.status = 'open' AND EXISTS ("
+        "  SELECT 1 FROM calls c WHERE c.turn_id = t.id AND c.status IN ('held', 'running')))) "
+        f"AND ({mine} OR {_dead_owner_clause()})"
+    )
+    with rt.dbs.ledger.connect() as conn:
+        rows = conn.execute(query, {"me": rt.gateway_id, "lease": rt.settings.owner_lease_s})
+        return [(r.id, r.tenant, r.session_id) for r in rows]
+
+
+def _recover_turn(rt: Runtime, tenant: str, session_id: str, turn_id: str,
+                  counts: dict[str, int]) -> None:
+    try:
+        rt.claim(session_id)
+    except Conflict:
+        return  # a live gateway took it over meanwhile
+    with rt.session_lock(session_id):
+        if rt.holds.get(turn_id) is None:  # else this process holds it: not an orphan
+            _resolve_orphan(rt, turns_service.reload(rt, tenant, session_id, turn_id), counts)
+
+
+def recover_session(rt: Runtime, tenant: str, session_id: str) -> None:
+    """Called by a gateway that just took a session over from a dead one (under its lock)."""
+    with rt.dbs.ledger.connect() as conn:
+        scope = load_scope(conn, tenant, session_id)
+    if rt.holds.get(scope.turn.id) is None:
+        _resolve_orphan(rt, scope, {"finished": 0, "aborted": 0})
+
+
+def _resolve_orphan(rt: Runtime, scope: TurnScope, counts: dict[str, int]) -> None:
+    turn = scope.turn
+    with rt.dbs.ledger.connect() as conn:
+        marker = turns_service.marker_of(conn, turn.id)
+    if turn.status == T.COMMITTING and marker and marker["decision"] == "commit":
+        turns_service.finalize(rt, scope, marker["outcomes"])
+        counts["finished"] += 1
+    elif turn.status == T.CANCELLING:
+        turns_service.end_turn(rt, scope, None, T.CANCELLED, S.CANCELLED,
+                               "cancel finished at recovery")
+        counts["finished"] += 1
+    elif turn.status == T.COMMITTING or (
+        turn.status == T.OPEN and any(c.status in (S.HELD, S.RUNNING) for c in scope.calls)
+    ):
+        turns_service.abort_turn(rt, scope, "the gateway holding this turn stopped")
+        counts["aborted"] += 1
+
+
+def _reap(rt: Runtime, counts: dict[str, int]) -> None:
+    query = text(
+        "SELECT t.id, t.tenant, t.session_id, t.expires_at < now() AS turn_expired "
+        "FROM turns t JOIN sessions s ON s.id = t.session_id WHERE t.status = 'open' AND ("
+        "t.expires_at < now() OR EXISTS (SELECT 1 FROM calls c WHERE c.turn_id = t.id AND "
+        "c.status = 'staged' AND c.expires_at < now())) "
+        f"AND (s.owner_id = :me OR {_dead_owner_clause()})"
+    )
+    with rt.dbs.ledger.connect() as conn:
+        rows = list(conn.execute(query, {"me": rt.gateway_id, "lease": rt.settings.owner_lease_s}))
+    for row in rows:
+        try:
+            rt.claim(row.session_id)
+        except Conflict:
+            continue
+        with rt.session_lock(row.session_id):
+            scope = turns_service.reload(rt, row.tenant, row.session_id, row.id)
+            if scope.turn.status != T.OPEN:
+                continue
+            if row.turn_expired:
+                turns_service.expire_turn(rt, scope)
+                counts["expired_turns"] += 1
+                continue
+            stale = [c for c in scope.calls if c.status == S.STAGED and c.expires_at
+                     and c.expires_at < now()]
+            calls_service.cancel_calls(rt, scope, stale, reason="staged TTL passed",
+                                       target=S.EXPIRED)
+            counts["expired_calls"] += len(stale)

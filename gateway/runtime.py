@@ -1,0 +1,116 @@
+"""The state of one gateway process: settings, engines, registry, held turns, session locks.
+
+Requests of one session are serialised by a per-session lock, because a session's open turn
+owns one database connection that cannot run two statements at once. Sessions are owned by one
+gateway at a time through a lease (``sessions.owner_id`` + the owner's heartbeat row in
+``gateways``); a request for a session that a live gateway owns is refused with 409
+``session_owned_elsewhere`` naming the owner, so a load balancer can route it there.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from sqlalchemy import text
+
+from gateway.config import Settings
+from gateway.db import Databases
+from gateway.errors import Conflict
+from gateway.tools.registry import Registry, load_registry
+from gateway.turns.holder import HeldTurns
+
+_CLAIM = text(
+    """
+    UPDATE sessions s SET owner_id = :me, owner_seen_at = now()
+     WHERE s.id = :sid AND (
+           s.owner_id IS NULL OR s.owner_id = :me OR NOT EXISTS (
+               SELECT 1 FROM gateways g
+                WHERE g.id = s.owner_id
+                  AND g.heartbeat_at > now() - make_interval(secs => :lease)))
+    RETURNING (SELECT owner_id FROM sessions WHERE id = :sid) AS previous
+    """
+)
+
+
+def default_gateway_id(port: int | None = None) -> str:
+    """Stable across restarts of the same server, so a restarted gateway recognises the
+    sessions its previous life owned and recovers them at once."""
+    return f"{socket.gethostname()}:{port if port is not None else os.getpid()}"
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    dbs: Databases
+    registry: Registry
+    holds: HeldTurns
+    gateway_id: str
+    _locks: defaultdict[str, threading.RLock] = field(
+        default_factory=lambda: defaultdict(threading.RLock)
+    )
+    _owned: set[str] = field(default_factory=set)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def create(cls, settings: Settings, gateway_id: str | None = None) -> Runtime:
+        return cls(
+            settings=settings,
+            dbs=Databases(settings),
+            registry=load_registry(settings.adapters),
+            holds=HeldTurns(
+                settings.max_held_transactions,
+                settings.gid_prefix,
+                settings.lock_timeout_ms,
+                idle_timeout_ms=int((settings.turn_ttl_s + 60) * 1000),
+            ),
+            gateway_id=gateway_id or default_gateway_id(),
+        )
+
+    def session_lock(self, session_id: str) -> threading.RLock:
+        with self._guard:
+            return self._locks[session_id]
+
+    def claim(self, session_id: str) -> str | None:
+        """Own the session (idempotent); returns the previous owner when taken over."""
+        if session_id in self._owned:
+            return None
+        with self.dbs.ledger.begin() as conn:
+            row = conn.execute(
+                _CLAIM,
+                {"me": self.gateway_id, "sid": session_id, "lease": self.settings.owner_lease_s},
+            ).first()
+            if row is None:
+                owner = conn.execute(
+                    text("SELECT owner_id FROM sessions WHERE id = :sid"), {"sid": session_id}
+                ).scalar()
+                raise Conflict(
+                    f"session {session_id!r} is owned by gateway {owner!r}",
+                    code="session_owned_elsewhere",
+                    owner=owner,
+                )
+        self._owned.add(session_id)
+        previous = row.previous
+        return previous if previous not in (None, self.gateway_id) else None
+
+    def heartbeat(self) -> None:
+        with self.dbs.ledger.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO gateways (id, host, pid, started_at, heartbeat_at) "
+                    "VALUES (:id, :host, :pid, now(), now()) ON CONFLICT (id) DO UPDATE "
+                    "SET heartbeat_at = now(), pid = EXCLUDED.pid"
+                ),
+                {"id": self.gateway_id, "host": socket.gethostname(), "pid": os.getpid()},
+            )
+
+    def close(self) -> None:
+        for turn_id in self.holds.turn_ids():
+            hold = self.holds.get(turn_id)
+            if hold is not None:
+                hold.rollback()
+            self.holds.drop(turn_id)
+        self.dbs.dispose()

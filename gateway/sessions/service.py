@@ -1,0 +1,71 @@
+"""Sessions: the scope a request works in, and the read views of sessions, turns and calls."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Connection, select
+
+from gateway.calls.schemas import CallView
+from gateway.calls.state import CallState, TurnScope, TurnState, load_calls, load_scope
+from gateway.errors import NotFound
+from gateway.ledger import models
+from gateway.runtime import Runtime
+from gateway.sessions.schemas import SessionView, TurnView
+
+
+@contextmanager
+def scope_of(rt: Runtime, tenant: str, session_id: str,
+             turn_id: str | None = None) -> Iterator[TurnScope]:
+    """Own the session, take its lock and load the turn (latest when ``turn_id`` is None)."""
+    _check_session(rt, tenant, session_id)
+    previous = rt.claim(session_id)
+    with rt.session_lock(session_id):
+        if previous is not None:
+            from gateway import recovery
+
+            recovery.recover_session(rt, tenant, session_id)
+        with rt.dbs.ledger.connect() as conn:
+            scope = load_scope(conn, tenant, session_id, turn_id)
+        yield scope
+
+
+def _check_session(rt: Runtime, tenant: str, session_id: str) -> None:
+    if session_id in rt._owned:
+        return  # owned sessions were checked when claimed; load_scope filters by tenant too
+    table = models.Session.__table__
+    with rt.dbs.ledger.connect() as conn:
+        found = conn.execute(select(table.c.id).where(
+            table.c.id == session_id, table.c.tenant == tenant)).first()
+    if found is None:
+        raise NotFound(f"session {session_id!r} not found")
+
+
+def call_view(call: CallState, client_ids: dict[str, str]) -> CallView:
+    data = dict(vars(call))
+    data["depends_on"] = [client_ids.get(d, d) for d in call.depends_on]
+    data["supersedes"] = call.supersedes_id
+    return CallView.model_validate(data)
+
+
+def turn_view(scope: TurnScope) -> TurnView:
+    ids = scope.client_ids()
+    turn: TurnState = scope.turn
+    return TurnView(**{k: v for k, v in vars(turn).items() if k != "tenant"},
+                    calls=[call_view(c, ids) for c in scope.calls])
+
+
+def session_view(conn: Connection, tenant: str, session_id: str) -> SessionView:
+    sessions, turns = models.Session.__table__, models.Turn.__table__
+    row = conn.execute(select(sessions).where(
+        sessions.c.id == session_id, sessions.c.tenant == tenant)).first()
+    if row is None:
+        raise NotFound(f"session {session_id!r} not found")
+    turn_rows = conn.execute(select(turns).where(turns.c.session_id == session_id)
+                             .order_by(turns.c.seq))
+    views = []
+    for turn_row in turn_rows:
+        turn = TurnState.from_row(turn_row)
+        views.append(turn_view(TurnScope(turn, load_calls(conn, turn.id))))
+    return SessionView(id=row.id, created_at=row.created_at, metadata=row.metadata, turns=views)

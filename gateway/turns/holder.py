@@ -1,0 +1,257 @@
+"""Turn transactions: the database connections a turn holds open until it is decided.
+
+A turn's effects on a tool database live in one transaction on a dedicated connection; every
+call runs in its own savepoint, named after the call, and the savepoint is kept so that
+cancelling the call can roll back to it. A turn that touches several databases holds one
+connection per database. Commit is local (with the commit marker inside the same transaction)
+when the only database is the ledger's; otherwise every foreign database is PREPAREd, the
+decision is made durable in the ledger, then each is COMMIT PREPARED (presumed abort).
+
+The number of held connections is bounded per process; past the bound a new turn transaction is
+refused with ``Unavailable`` (429) instead of queueing, because a voice agent would rather fall
+back to waiting for the user than stall.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, exc, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from gateway.db import same_database
+from gateway.errors import Unavailable
+from gateway.ledger import models
+
+log = logging.getLogger("specgate.turns")
+T = TypeVar("T")
+
+
+def make_gid(prefix: str, turn_id: str) -> str:
+    """A fresh global transaction id; it names the turn so recovery can find its decision."""
+    return f"{prefix}:{turn_id}:{secrets.token_hex(6)}"
+
+
+def turn_of_gid(gid: str) -> str | None:
+    parts = gid.split(":")
+    return parts[1] if len(parts) == 3 else None
+
+
+class HeldConnection:
+    """One database's part of a turn transaction."""
+
+    def __init__(self, url: str, engine: Engine, *, gid: str | None, lock_timeout_ms: int,
+                 idle_timeout_ms: int) -> None:
+        self.url = url
+        self.gid = gid
+        self.prepared = False
+        try:
+            self.conn: Connection = engine.connect()
+        except exc.OperationalError as error:
+            raise Unavailable(
+                f"tool database unavailable: {error.orig}", status_code=503
+            ) from error
+        self.tx = self.conn.begin_twophase(gid) if gid else self.conn.begin()
+        self.conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
+        # Postgres itself ends a held transaction the gateway forgot (hung or partitioned).
+        self.conn.exec_driver_sql(
+            f"SET LOCAL idle_in_transaction_session_timeout = {int(idle_timeout_ms)}"
+        )
+
+    def execute(self, statement: str) -> None:
+        self.conn.exec_driver_sql(statement)
+
+    def close(self) -> None:
+        if self.prepared:
+            # Closing would roll the prepared transaction back; its fate belongs to the ledger.
+            self.conn.invalidate()
+        self.conn.close()
+
+
+@dataclass
+class _Entry:
+    """A call that ran in the turn transaction; ``kept`` when its effect is still applied."""
+
+    call_id: str
+    url: str
+    savepoint: str
+    kept: bool
+
+
+@dataclass
+class TurnHold:
+    """Everything one turn holds open, in the order the calls ran in it."""
+
+    turn_id: str
+    gid_prefix: str
+    lock_timeout_ms: int
+    idle_timeout_ms: int
+    release: Callable[[int], None]
+    connections: dict[str, HeldConnection] = field(default_factory=dict)
+    entries: list[_Entry] = field(default_factory=list)
+
+    def connection(self, url: str, engine: Engine, ledger_url: str,
+                   acquire: Callable[[], None]) -> HeldConnection:
+        held = self.connections.get(url)
+        if held is None:
+            acquire()
+            gid = None if same_database(url, ledger_url) else make_gid(self.gid_prefix, self.turn_id)
+            try:
+                held = HeldConnection(url, engine, gid=gid, lock_timeout_ms=self.lock_timeout_ms,
+                                      idle_timeout_ms=self.idle_timeout_ms)
+            except BaseException:
+                self.release(1)
+                raise
+            self.connections[url] = held
+        return held
+
+    def run(self, held: HeldConnection, call_id: str, fn: Callable[[Session], T], *,
+            keep: bool, timeout_s: float) -> T:
+        """Run ``fn`` in a savepoint named after the call; keep the effect or roll it back."""
+        savepoint = f"sp_{call_id}"
+        held.execute(f'SAVEPOINT "{savepoint}"')
+        held.execute(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
+        session = Session(bind=held.conn, join_transaction_mode="create_savepoint")
+        try:
+            value = fn(session)
+            session.commit()
+        except BaseException:
+            session.rollback()
+            held.execute(f'ROLLBACK TO SAVEPOINT "{savepoint}"')
+            raise
+        finally:
+            session.close()
+        if not keep:
+            held.execute(f'ROLLBACK TO SAVEPOINT "{savepoint}"')
+        self.entries.append(_Entry(call_id, held.url, savepoint, keep))
+        return value
+
+    def undo(self, call_id: str) -> list[str]:
+        """Roll back to the call's savepoint. Returns the ids of the calls that ran after it in
+        the same transaction: their effects are gone too, and what they read may have changed,
+        so the caller replays them in order."""
+        index = next((i for i, e in enumerate(self.entries) if e.call_id == call_id), None)
+        if index is None:
+            return []
+        target = self.entries[index]
+        if target.kept:
+            self.connections[target.url].execute(f'ROLLBACK TO SAVEPOINT "{target.savepoint}"')
+        later = [e for e in self.entries[index + 1:] if e.url == target.url]
+        removed = [target, *later] if target.kept else [target]
+        self.entries = [e for e in self.entries if e not in removed]
+        return [e.call_id for e in later] if target.kept else []
+
+    def has_effect(self, call_id: str) -> bool:
+        return any(e.call_id == call_id and e.kept for e in self.entries)
+
+    def commit(self, ledger: Engine, marker: dict[str, Any]) -> None:
+        """Make every held effect durable, with the decision recorded exactly once."""
+        local = [h for h in self.connections.values() if h.gid is None]
+        foreign = [h for h in self.connections.values() if h.gid is not None]
+        for held in foreign:
+            # PREPARE in a failed transaction silently does nothing: this raises instead.
+            held.execute("SELECT 1")
+            held.tx.prepare()  # type: ignore[attr-defined]
+            held.prepared = True
+        marker = {**marker, "gid": ",".join(h.gid for h in foreign if h.gid) or None}
+        if local:
+            local[0].conn.execute(pg_insert(models.CommitMarker).values(**marker))
+            local[0].tx.commit()
+        else:
+            with ledger.begin() as conn:
+                conn.execute(pg_insert(models.CommitMarker).values(**marker))
+        for held in foreign:
+            try:
+                held.tx.commit()
+                held.prepared = False
+            except exc.DBAPIError:
+                # The decision is durable; the reconciler commits what is still prepared.
+                log.exception("COMMIT PREPARED %r failed; left to the reconciler", held.gid)
+
+    def rollback(self) -> None:
+        for held in self.connections.values():
+            try:
+                if held.prepared:
+                    held.execute(f"ROLLBACK PREPARED '{held.gid}'")
+                    held.prepared = False
+                elif held.tx.is_active:
+                    held.tx.rollback()
+            except exc.DBAPIError:
+                log.exception("rollback of turn %r failed; the connection is discarded",
+                              self.turn_id)
+                held.conn.invalidate()
+
+    def close(self) -> None:
+        for held in self.connections.values():
+            held.close()
+        self.release(len(self.connections))
+        self.connections.clear()
+        self.entries.clear()
+
+
+class HeldTurns:
+    """The turn holds of this process, with the bound on held connections."""
+
+    def __init__(self, bound: int, gid_prefix: str, lock_timeout_ms: int,
+                 idle_timeout_ms: int) -> None:
+        self.bound = bound
+        self.gid_prefix = gid_prefix
+        self.lock_timeout_ms = lock_timeout_ms
+        self.idle_timeout_ms = idle_timeout_ms
+        self._holds: dict[str, TurnHold] = {}
+        self._count = 0
+        self._lock = threading.Lock()
+
+    @property
+    def held_connections(self) -> int:
+        return self._count
+
+    def acquire(self) -> None:
+        with self._lock:
+            if self._count >= self.bound:
+                raise Unavailable(
+                    f"all {self.bound} turn transactions of this gateway are held; "
+                    "commit or cancel open turns, or retry later",
+                    code="held_transactions_exhausted",
+                    bound=self.bound,
+                )
+            self._count += 1
+
+    def _release(self, n: int) -> None:
+        with self._lock:
+            self._count -= n
+
+    def get(self, turn_id: str) -> TurnHold | None:
+        return self._holds.get(turn_id)
+
+    def get_or_create(self, turn_id: str) -> TurnHold:
+        hold = self._holds.get(turn_id)
+        if hold is None:
+            hold = TurnHold(turn_id, self.gid_prefix, self.lock_timeout_ms,
+                            self.idle_timeout_ms, self._release)
+            self._holds[turn_id] = hold
+        return hold
+
+    def drop(self, turn_id: str) -> None:
+        hold = self._holds.pop(turn_id, None)
+        if hold is not None:
+            hold.close()
+
+    def turn_ids(self) -> list[str]:
+        return list(self._holds)
+
+
+def prepared_gids(conn: Connection, prefix: str) -> list[tuple[str, Any]]:
+    """Our prepared transactions on the connection's database: (gid, prepared_at)."""
+    rows = conn.execute(
+        text("SELECT gid, prepared FROM pg_prepared_xacts WHERE gid LIKE :p AND database = "
+             "current_database()"),
+        {"p": f"{prefix}:%"},
+    )
+    return [(row.gid, row.prepared) for row in rows]

@@ -1,0 +1,229 @@
+"""Turn lifecycle: open, commit, cancel, expire, abort (DESIGN §3).
+
+This module is the one place that releases a speculative effect: ``commit_turn`` makes the held
+transaction durable, and nothing else in the gateway commits tool data.
+
+Commit order: compare-and-set ``open → committing`` on the turn row (this arbitrates against a
+concurrent cancel or expiry); cancel the calls not kept; run staged calls in the turn
+transaction; record the decision (commit marker with every kept call's outcome) atomically with
+the effects; then mark calls and turn in the ledger. A crash after the decision is finished by
+the reconciler from the marker, a crash before it leaves nothing (Postgres rolls back).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import Connection, insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from gateway.calls import placeholders
+from gateway.calls import service as calls_service
+from gateway.calls.execution import Outcome, run_db_tool
+from gateway.calls.state import CallState, TurnScope, TurnState, load_calls, load_turn
+from gateway.errors import Conflict, InvalidArguments
+from gateway.ledger import models
+from gateway.ledger.service import (
+    Subject,
+    ensure_chain,
+    now,
+    record_creation,
+    transition_call,
+    transition_turn,
+)
+from gateway.ledger.states import RESOLVED_TURN_STATUSES, CallStatus, TurnStatus
+from gateway.runtime import Runtime
+
+log = logging.getLogger("specgate.turns")
+S, T = CallStatus, TurnStatus
+
+
+def insert_turn(conn: Connection, rt: Runtime, tenant: str, session_id: str, seq: int) -> str:
+    turn_id = models.new_id("turn")
+    conn.execute(insert(models.Turn).values(
+        id=turn_id, session_id=session_id, tenant=tenant, seq=seq, status=T.OPEN,
+        expires_at=now() + timedelta(seconds=rt.settings.turn_ttl_s),
+    ))
+    record_creation(conn, Subject(tenant, session_id, turn_id), T.OPEN)
+    return turn_id
+
+
+def create_session(rt: Runtime, tenant: str, metadata: dict[str, Any]) -> str:
+    session_id = models.new_id("ses")
+    with rt.dbs.ledger.begin() as conn:
+        ensure_chain(conn, tenant)
+        conn.execute(insert(models.Session).values(
+            id=session_id, tenant=tenant, meta=metadata, owner_id=rt.gateway_id,
+            owner_seen_at=now(),
+        ))
+        insert_turn(conn, rt, tenant, session_id, 1)
+    return session_id
+
+
+def open_next_turn(rt: Runtime, tenant: str, session_id: str) -> str:
+    with rt.dbs.ledger.begin() as conn:
+        last = load_turn(conn, tenant, session_id, None)
+        if last.status not in RESOLVED_TURN_STATUSES:
+            raise Conflict(f"turn {last.id!r} is still {last.status}; commit or cancel it first",
+                           code="turn_unresolved")
+        return insert_turn(conn, rt, tenant, session_id, last.seq + 1)
+
+
+def _move_turn(rt: Runtime, turn: TurnState, target: str, **values: Any) -> None:
+    with rt.dbs.ledger.begin() as conn:
+        transition_turn(conn, turn.subject, turn.status, target, values)
+    turn.status = target
+
+
+def _kept(scope: TurnScope, keep: list[str] | None) -> list[CallState]:
+    live = scope.live_by_client()
+    if keep is None:
+        return list(live.values())
+    unknown = [k for k in keep if k not in live]
+    if unknown:
+        raise InvalidArguments(f"cannot keep {unknown[0]!r}: no live call with that client id",
+                               code="unknown_keep")
+    return [live[k] for k in keep]
+
+
+def commit_turn(rt: Runtime, scope: TurnScope, keep: list[str] | None) -> TurnScope:
+    if scope.turn.status != T.OPEN:
+        raise Conflict(f"turn {scope.turn.id!r} is {scope.turn.status}", code="turn_not_open")
+    kept = _kept(scope, keep)
+    _move_turn(rt, scope.turn, T.COMMITTING)
+    try:
+        kept_ids = {c.id for c in kept}
+        dropped = [c for c in scope.calls if c.live and c.id not in kept_ids]
+        calls_service.cancel_calls(rt, scope, dropped, reason="not kept at commit")
+        outcomes = _run_staged(rt, scope)
+        _decide(rt, scope, outcomes)
+    except Exception as error:
+        log.exception("commit of turn %r failed; aborting it", scope.turn.id)
+        abort_turn(rt, scope, reason=f"commit failed: {error!r}")
+        raise Conflict(f"commit of turn {scope.turn.id!r} failed and the turn was aborted: "
+                       f"{error}", code="commit_failed") from error
+    finally:
+        rt.holds.drop(scope.turn.id)
+    finalize(rt, scope, outcomes)
+    return scope
+
+
+def _run_staged(rt: Runtime, scope: TurnScope) -> dict[str, dict[str, Any]]:
+    """Run staged calls in issue order inside the turn transaction; every live call's outcome."""
+    outcomes: dict[str, dict[str, Any]] = {}
+    for call in [c for c in scope.calls if c.live]:
+        if call.status != S.STAGED:
+            outcomes[call.id] = {"status": S.COMMITTED, "result": call.result}
+            continue
+        outcome = _run_one_staged(rt, scope, call)
+        if outcome.ok:
+            call.result = outcome.result
+            outcomes[call.id] = {"status": S.COMMITTED, "result": outcome.result,
+                                 "resolved_arguments": call.resolved_arguments}
+        else:
+            call.error = outcome.error
+            outcomes[call.id] = {"status": S.FAILED, "error": outcome.error}
+    return outcomes
+
+
+def _run_one_staged(rt: Runtime, scope: TurnScope, call: CallState) -> Outcome:
+    deps = [scope.by_id(d) for d in call.depends_on]
+    if any(d.error is not None for d in deps):
+        return Outcome(False, error={"code": "dependency_failed",
+                                    "message": "a call this one depends on failed at commit"})
+    tool = rt.registry.get(call.tool)
+    try:
+        arguments = placeholders.resolve(call.arguments, scope.results_for_commit(call))
+        tool.spec.validate(arguments)
+    except placeholders.PlaceholderError as error:
+        return Outcome(False, error={"code": "placeholder_unresolvable", "message": str(error)})
+    except ValidationError as error:
+        return Outcome(False, error=calls_service.validation_error(error, tool.name).to_body()
+                       ["error"])
+    call.resolved_arguments = arguments
+    keep = call.effect != "safe"
+    return run_db_tool(rt, calls_service.identity(call), tool, arguments, keep=keep)
+
+
+def _decide(rt: Runtime, scope: TurnScope, outcomes: dict[str, dict[str, Any]]) -> None:
+    marker = {"turn_id": scope.turn.id, "decision": "commit", "outcomes": outcomes}
+    hold = rt.holds.get(scope.turn.id)
+    if hold is not None and hold.connections:
+        hold.commit(rt.dbs.ledger, marker)
+        return
+    with rt.dbs.ledger.begin() as conn:
+        conn.execute(pg_insert(models.CommitMarker).values(**marker, gid=None))
+
+
+def finalize(rt: Runtime, scope: TurnScope, outcomes: dict[str, dict[str, Any]]) -> None:
+    """After the decision: mark every decided call and the turn in one ledger transaction."""
+    at = now()
+    with rt.dbs.ledger.begin() as conn:
+        for call in scope.calls:
+            outcome = outcomes.get(call.id)
+            if outcome is None or not call.live:
+                continue
+            values: dict[str, Any] = {"decided_at": at}
+            if outcome["status"] == S.FAILED:
+                values.update(error=outcome["error"], finished_at=at)
+            elif "result" in outcome:
+                values.update(result=outcome["result"])
+            if "resolved_arguments" in outcome:
+                values["resolved_arguments"] = outcome["resolved_arguments"]
+            transition_call(conn, call.subject, call.status, outcome["status"], values)
+            call.status = outcome["status"]
+            for key, value in values.items():
+                setattr(call, key, value)
+        transition_turn(conn, scope.turn.subject, scope.turn.status, T.COMMITTED,
+                        {"decided_at": at})
+    scope.turn.status = T.COMMITTED
+
+
+def end_turn(rt: Runtime, scope: TurnScope, via: str | None, target: str, call_target: str,
+              reason: str) -> None:
+    """Roll back what the turn holds and move every live call and the turn to a final state."""
+    hold = rt.holds.get(scope.turn.id)
+    if hold is not None:
+        hold.rollback()
+    rt.holds.drop(scope.turn.id)
+    at = now()
+    with rt.dbs.ledger.begin() as conn:
+        if via is not None:
+            transition_turn(conn, scope.turn.subject, scope.turn.status, via)
+            scope.turn.status = via
+        for call in [c for c in scope.calls if c.live]:
+            transition_call(conn, call.subject, call.status, call_target, {"decided_at": at},
+                            {"reason": reason})
+            call.status = call_target
+        transition_turn(conn, scope.turn.subject, scope.turn.status, target,
+                        {"decided_at": at, "error": {"reason": reason}})
+    scope.turn.status = target
+
+
+def cancel_turn(rt: Runtime, scope: TurnScope, reason: str = "cancelled by the client") -> None:
+    if scope.turn.status != T.OPEN:
+        raise Conflict(f"turn {scope.turn.id!r} is {scope.turn.status}", code="turn_not_open")
+    end_turn(rt, scope, T.CANCELLING, T.CANCELLED, S.CANCELLED, reason)
+
+
+def expire_turn(rt: Runtime, scope: TurnScope) -> None:
+    end_turn(rt, scope, None, T.EXPIRED, S.EXPIRED, "turn TTL passed")
+
+
+def abort_turn(rt: Runtime, scope: TurnScope, reason: str) -> None:
+    end_turn(rt, scope, None, T.ABORTED, S.ABORTED, reason)
+
+
+def reload(rt: Runtime, tenant: str, session_id: str, turn_id: str) -> TurnScope:
+    with rt.dbs.ledger.connect() as conn:
+        turn = load_turn(conn, tenant, session_id, turn_id)
+        return TurnScope(turn, load_calls(conn, turn.id))
+
+
+def marker_of(conn: Connection, turn_id: str) -> dict[str, Any] | None:
+    table = models.CommitMarker.__table__
+    row = conn.execute(select(table).where(table.c.turn_id == turn_id)).first()
+    return None if row is None else dict(row._mapping)

@@ -1,0 +1,91 @@
+"""Test helpers: a thin REST client over the real app, and the shop's state for comparisons."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
+from tool_adapters.demo import ADAPTER
+from tool_adapters.demo import schema as shop
+from tool_adapters.sdk import ToolContext
+
+from gateway.calls import placeholders
+
+
+@dataclass
+class Api:
+    client: TestClient
+    key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def post(self, path: str, body: Any = None, expect: int | None = None,
+             **headers: str) -> Any:
+        response = self.client.post(path, json=body, headers={**self.headers, **headers})
+        if expect is not None:
+            assert response.status_code == expect, response.text
+        return response
+
+    def get(self, path: str, expect: int | None = 200) -> Any:
+        response = self.client.get(path, headers=self.headers)
+        if expect is not None:
+            assert response.status_code == expect, response.text
+        return response
+
+    def session(self) -> tuple[str, str]:
+        body = self.post("/v1/sessions", {}, expect=201).json()
+        return body["id"], body["turns"][0]["id"]
+
+    def call(self, sid: str, cid: int | str, tool: str, expect: int = 201,
+             **kwargs: Any) -> dict[str, Any]:
+        body = {"tool": f"demo.{tool}", "client_call_id": cid,
+                "arguments": kwargs.pop("arguments", {}), **kwargs}
+        return self.post(f"/v1/sessions/{sid}/calls", body, expect=expect).json()
+
+    def commit(self, sid: str, tid: str, keep: list[Any] | None = None,
+               expect: int = 200) -> dict[str, Any]:
+        body = {} if keep is None else {"keep": keep}
+        return self.post(f"/v1/sessions/{sid}/turns/{tid}/commit", body, expect=expect).json()
+
+    def cancel_turn(self, sid: str, tid: str) -> dict[str, Any]:
+        return self.post(f"/v1/sessions/{sid}/turns/{tid}/cancel", {}, expect=200).json()
+
+    def cancel(self, call_id: str, expect: int = 200) -> Any:
+        return self.post(f"/v1/calls/{call_id}/cancel", {}, expect=expect).json()
+
+
+def shop_state(url: str) -> dict[str, list[dict[str, Any]]]:
+    """Every row of the shop's tables, ordered: equal states mean equal databases."""
+    engine = create_engine(url, poolclass=NullPool)
+    state = {}
+    with engine.connect() as conn:
+        for table in (shop.products, shop.orders, shop.order_items, shop.payments):
+            rows = conn.execute(select(table).order_by(*table.primary_key.columns))
+            state[table.name] = [dict(r._mapping) for r in rows]
+    engine.dispose()
+    return state
+
+
+def sequential_run(url: str, calls: list[tuple[str, str, dict[str, Any]]]) -> list[Any]:
+    """The reference: run (client id, tool, arguments) one after the other, directly through
+    the tool functions in one plain transaction, no gateway and no speculation."""
+    engine = create_engine(url, poolclass=NullPool)
+    results: dict[str, Any] = {}
+    outputs = []
+    with engine.begin() as conn:
+        db = Session(bind=conn, join_transaction_mode="create_savepoint")
+        for client_id, tool, arguments in calls:
+            ctx = ToolContext(call_id=f"ref-{client_id}", idempotency_key=f"ref-{client_id}",
+                              tenant="ref", session_id="ref", turn_id="ref", db=db)
+            resolved = placeholders.resolve(arguments, results)
+            results[client_id] = ADAPTER.tool(tool).invoke(ctx, resolved)
+            outputs.append(results[client_id])
+        db.commit()
+    engine.dispose()
+    return outputs
