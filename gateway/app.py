@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -56,25 +56,25 @@ class Maintenance:
             self._thread.join(timeout=10)
 
 
-def _error(status: int, code: str, message: str, **details: object) -> ORJSONResponse:
-    return ORJSONResponse(SpecgateError(message, code=code, **details).to_body(),
+def _error(status: int, code: str, message: str, **details: object) -> JSONResponse:
+    return JSONResponse(SpecgateError(message, code=code, **details).to_body(),
                           status_code=status)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SpecgateError)
-    async def specgate_error(request: Request, error: SpecgateError) -> ORJSONResponse:
-        return ORJSONResponse(error.to_body(), status_code=error.status_code)
+    async def specgate_error(request: Request, error: SpecgateError) -> JSONResponse:
+        return JSONResponse(error.to_body(), status_code=error.status_code)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, error: RequestValidationError) -> ORJSONResponse:
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
         problems = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
                     for e in error.errors()]
         return _error(422, "invalid_request", "the request does not match the API schema",
                       errors=problems)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, error: StarletteHTTPException) -> ORJSONResponse:
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
         return _error(error.status_code, code, str(error.detail))
 
@@ -99,7 +99,6 @@ def create_app(settings: Settings | None = None, *, gateway_id: str | None = Non
             rt.close()
 
     app = FastAPI(title="specgate", version="0.1.0", lifespan=lifespan,
-                  default_response_class=ORJSONResponse,
                   description="Tool-execution gateway for speculative voice agents.")
     install_error_handlers(app)
     for module in (sessions_router, calls_router, tools_router, auth_router):

@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -103,3 +105,33 @@ def gateway_factory(pg_home: Path, ledger_url: str) -> Iterator[object]:
     yield build
     for client in clients:
         client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def shop(topology: str, pg_home: Path, ledger_url: str, tool_url: str, gateway_factory: object,
+         tenant: str) -> object:
+    """A gateway over the demo shop, reset, in both topologies: shop tables in the ledger
+    database (one local transaction at commit) or in another database (two-phase commit)."""
+    from gateway.auth.service import create_key
+    from gateway.db import make_engine
+    from tests.gateway.helpers import Api
+
+    url = ledger_url if topology == "local" else tool_url
+    settings = make_settings(pg_home, ledger_url, None if topology == "local" else tool_url)
+    reset_shop(url, settings)
+    client = gateway_factory(settings)  # type: ignore[operator]
+    engine = make_engine(ledger_url, pool_size=1)
+    _, key = create_key(engine, tenant, "app")
+    _, admin = create_key(engine, tenant, "admin")
+    engine.dispose()
+    return ShopFixture(api=Api(client, key), admin=Api(client, admin), url=url,
+                       settings=settings, runtime=client.app.state.runtime)
+
+
+@dataclass
+class ShopFixture:
+    api: Any
+    admin: Any
+    url: str
+    settings: Settings
+    runtime: Any
