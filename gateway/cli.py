@@ -54,6 +54,18 @@ def serve(host: str = "127.0.0.1", port: int = 8080,
     uvicorn.run(application, host=host, port=port, log_level="info" if verbose else "warning")
 
 
+@app.command()
+def demo(speed: Annotated[float | None, typer.Option(help="Playback speed, 1 = real speech; "
+                                                     "default: about 10 s in all.")] = None,
+         fast: Annotated[bool, typer.Option("--fast", help="No pauses at all.")] = False,
+         json_out: Annotated[str | None, typer.Option(help="Write the timeline as JSON.")] = None,
+         ) -> None:
+    """Play a scripted voice order against a real gateway and show every call's fate."""
+    from gateway.demo.cli import demo_command
+
+    raise typer.Exit(demo_command(get_settings(), speed, fast, json_out, console))
+
+
 @keys_app.command("create")
 def keys_create(tenant: Annotated[str, typer.Option(help="Tenant the key belongs to.")],
                 role: Annotated[str, typer.Option(help="app or admin.")] = "app",
@@ -73,6 +85,15 @@ def keys_create(tenant: Annotated[str, typer.Option(help="Tenant the key belongs
     finally:
         engine.dispose()
     typer.echo(secret)
+
+
+@bench_app.command("gateway")
+def bench_gateway(sessions: str = "1,32", calls: int | None = None, out: str | None = None,
+                  home: str = ".specgate/bench") -> None:
+    """Tool call latency alone vs through the gateway (safe, held, commit of 5 held calls)."""
+    from gateway.bench.gateway_bench import main as bench_main
+
+    bench_main(sessions, calls, out, home, console)
 
 
 def main() -> None:

@@ -133,7 +133,7 @@ def _orphan_turns(rt: Runtime, startup: bool) -> list[tuple[str, str, str]]:
 def _recover_turn(rt: Runtime, tenant: str, session_id: str, turn_id: str,
                   counts: dict[str, int]) -> None:
     try:
-        rt.claim(session_id)
+        rt.claim(session_id, tenant)
     except Conflict:
         return  # a live gateway took it over meanwhile
     with rt.session_lock(session_id):
@@ -179,7 +179,7 @@ def _reap(rt: Runtime, counts: dict[str, int]) -> None:
         rows = list(conn.execute(query, {"me": rt.gateway_id, "lease": rt.settings.owner_lease_s}))
     for row in rows:
         try:
-            rt.claim(row.session_id)
+            rt.claim(row.session_id, row.tenant)
         except Conflict:
             continue
         with rt.session_lock(row.session_id):

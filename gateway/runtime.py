@@ -19,14 +19,14 @@ from sqlalchemy import text
 
 from gateway.config import Settings
 from gateway.db import Databases
-from gateway.errors import Conflict
+from gateway.errors import Conflict, NotFound
 from gateway.tools.registry import Registry, load_registry
 from gateway.turns.holder import HeldTurns
 
 _CLAIM = text(
     """
     UPDATE sessions s SET owner_id = :me, owner_seen_at = now()
-     WHERE s.id = :sid AND (
+     WHERE s.id = :sid AND s.tenant = :tenant AND (
            s.owner_id IS NULL OR s.owner_id = :me OR NOT EXISTS (
                SELECT 1 FROM gateways g
                 WHERE g.id = s.owner_id
@@ -52,7 +52,7 @@ class Runtime:
     _locks: defaultdict[str, threading.RLock] = field(
         default_factory=lambda: defaultdict(threading.RLock)
     )
-    _owned: set[str] = field(default_factory=set)
+    _owned: dict[str, str] = field(default_factory=dict)  # session id → tenant
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -74,25 +74,33 @@ class Runtime:
         with self._guard:
             return self._locks[session_id]
 
-    def claim(self, session_id: str) -> str | None:
-        """Own the session (idempotent); returns the previous owner when taken over."""
-        if session_id in self._owned:
+    def claim(self, session_id: str, tenant: str) -> str | None:
+        """Own the tenant's session (idempotent); returns the previous owner when taken over.
+        Raises NotFound for a session of another tenant, as if it did not exist."""
+        known = self._owned.get(session_id)
+        if known is not None:
+            if known != tenant:
+                raise NotFound(f"session {session_id!r} not found")
             return None
         with self.dbs.ledger.begin() as conn:
             row = conn.execute(
                 _CLAIM,
-                {"me": self.gateway_id, "sid": session_id, "lease": self.settings.owner_lease_s},
+                {"me": self.gateway_id, "sid": session_id, "tenant": tenant,
+                 "lease": self.settings.owner_lease_s},
             ).first()
             if row is None:
                 owner = conn.execute(
-                    text("SELECT owner_id FROM sessions WHERE id = :sid"), {"sid": session_id}
+                    text("SELECT owner_id FROM sessions WHERE id = :sid AND tenant = :tenant"),
+                    {"sid": session_id, "tenant": tenant},
                 ).scalar()
+                if owner is None:
+                    raise NotFound(f"session {session_id!r} not found")
                 raise Conflict(
                     f"session {session_id!r} is owned by gateway {owner!r}",
                     code="session_owned_elsewhere",
                     owner=owner,
                 )
-        self._owned.add(session_id)
+        self._owned[session_id] = tenant
         previous = row.previous
         return previous if previous not in (None, self.gateway_id) else None
 

@@ -34,9 +34,14 @@ def _database(base_url: str | None, home: Path, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def pg_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     configured = os.environ.get("SPECGATE_TEST_HOME")
-    return Path(configured) if configured else tmp_path_factory.mktemp("specgate-home")
+    home = Path(configured) if configured else tmp_path_factory.mktemp("specgate-home")
+    yield home
+    if os.environ.get("SPECGATE_TEST_DATABASE_URL") is None:
+        from gateway.embedded import stop_embedded
+
+        stop_embedded(home)
 
 
 @pytest.fixture(scope="session")

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
-from tool_adapters.sdk import ToolContext, ToolError
 
 from gateway.runtime import Runtime
 from gateway.tools.registry import RegisteredTool
+from tool_adapters.sdk import ToolContext, ToolError
 
 log = logging.getLogger("specgate.calls")
 
@@ -99,13 +99,12 @@ def run_db_tool(rt: Runtime, identity: CallIdentity, tool: RegisteredTool,
 
 def _read_only(rt: Runtime, adapter: str, body: Callable[[Session], Any],
                timeout_s: float) -> Any:
-    with rt.dbs.tool_engine(adapter).connect() as conn:
-        with conn.begin() as tx:
-            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-            conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
-            session = Session(bind=conn, join_transaction_mode="create_savepoint")
-            try:
-                return body(session)
-            finally:
-                session.close()
-                tx.rollback()
+    with rt.dbs.tool_engine(adapter).connect() as conn, conn.begin() as tx:
+        conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
+        session = Session(bind=conn, join_transaction_mode="create_savepoint")
+        try:
+            return body(session)
+        finally:
+            session.close()
+            tx.rollback()

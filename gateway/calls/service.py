@@ -12,7 +12,6 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from tool_adapters.sdk import Effect, Runner
 
 from gateway.calls import placeholders
 from gateway.calls.execution import CallIdentity, Outcome, run_db_tool
@@ -24,6 +23,7 @@ from gateway.ledger.service import now, record_creation, transition_call
 from gateway.ledger.states import CallStatus, TurnStatus
 from gateway.runtime import Runtime
 from gateway.tools.registry import RegisteredTool
+from tool_adapters.sdk import Effect, Runner
 
 log = logging.getLogger("specgate.calls")
 S = CallStatus

@@ -26,7 +26,7 @@ BATCH = 500
 
 
 async def check_session(rt: Runtime, tenant: str, session_id: str) -> None:
-    await run_in_threadpool(sessions_service._check_session, rt, tenant, session_id)
+    await run_in_threadpool(sessions_service.check_session, rt, tenant, session_id)
 
 
 def parse_last_event_id(value: str | None) -> int:

@@ -19,8 +19,7 @@ from gateway.sessions.schemas import SessionView, TurnView
 def scope_of(rt: Runtime, tenant: str, session_id: str,
              turn_id: str | None = None) -> Iterator[TurnScope]:
     """Own the session, take its lock and load the turn (latest when ``turn_id`` is None)."""
-    _check_session(rt, tenant, session_id)
-    previous = rt.claim(session_id)
+    previous = rt.claim(session_id, tenant)
     with rt.session_lock(session_id):
         if previous is not None:
             from gateway import recovery
@@ -31,9 +30,8 @@ def scope_of(rt: Runtime, tenant: str, session_id: str,
         yield scope
 
 
-def _check_session(rt: Runtime, tenant: str, session_id: str) -> None:
-    if session_id in rt._owned:
-        return  # owned sessions were checked when claimed; load_scope filters by tenant too
+def check_session(rt: Runtime, tenant: str, session_id: str) -> None:
+    """404 unless the session exists and belongs to the tenant."""
     table = models.Session.__table__
     with rt.dbs.ledger.connect() as conn:
         found = conn.execute(select(table.c.id).where(

@@ -10,9 +10,8 @@ import importlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from tool_adapters.sdk import Adapter, ToolSpec
-
 from gateway.errors import InvalidArguments
+from tool_adapters.sdk import Adapter, ToolSpec
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,7 +101,8 @@ class TurnHold:
         held = self.connections.get(url)
         if held is None:
             acquire()
-            gid = None if same_database(url, ledger_url) else make_gid(self.gid_prefix, self.turn_id)
+            local = same_database(url, ledger_url)
+            gid = None if local else make_gid(self.gid_prefix, self.turn_id)
             try:
                 held = HeldConnection(url, engine, gid=gid, lock_timeout_ms=self.lock_timeout_ms,
                                       idle_timeout_ms=self.idle_timeout_ms)

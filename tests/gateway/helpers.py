@@ -9,11 +9,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
+
+from gateway.calls import placeholders
 from tool_adapters.demo import ADAPTER
 from tool_adapters.demo import schema as shop
 from tool_adapters.sdk import ToolContext
-
-from gateway.calls import placeholders
 
 
 @dataclass
