@@ -109,10 +109,11 @@ def _decide_prepared(rt: Runtime, gid: str, prepared_at: Any) -> str | None:
 
 
 def _owner_alive(conn: Connection, rt: Runtime, turn_id: str | None) -> bool:
+    """Whether another live gateway owns the turn (this one's own turns are known in memory)."""
     row = conn.execute(text(
         "SELECT 1 FROM turns t JOIN sessions s ON s.id = t.session_id "
-        f"WHERE t.id = :tid AND NOT {_dead_owner_clause()}"),
-        {"tid": turn_id, "lease": rt.settings.owner_lease_s}).first()
+        f"WHERE t.id = :tid AND s.owner_id <> :me AND NOT {_dead_owner_clause()}"),
+        {"tid": turn_id, "me": rt.gateway_id, "lease": rt.settings.owner_lease_s}).first()
     return row is not None
 
 

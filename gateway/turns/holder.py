@@ -25,6 +25,7 @@ from sqlalchemy import Connection, Engine, exc, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
+from gateway import faults
 from gateway.db import same_database
 from gateway.errors import Unavailable
 from gateway.ledger import models
@@ -160,6 +161,8 @@ class TurnHold:
             held.execute("SELECT 1")
             held.tx.prepare()  # type: ignore[attr-defined]
             held.prepared = True
+        if foreign:
+            faults.hit("after_prepare")
         marker = {**marker, "gid": ",".join(h.gid for h in foreign if h.gid) or None}
         if local:
             local[0].conn.execute(pg_insert(models.CommitMarker).values(**marker))
@@ -167,6 +170,7 @@ class TurnHold:
         else:
             with ledger.begin() as conn:
                 conn.execute(pg_insert(models.CommitMarker).values(**marker))
+        faults.hit("after_decision")
         for held in foreign:
             try:
                 held.tx.commit()
