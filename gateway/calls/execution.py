@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from gateway.runtime import Runtime
 from gateway.tools.registry import RegisteredTool
+from gateway.turns.holder import HeldConnection, TurnHold
 from tool_adapters.sdk import ToolContext, ToolError
 
 log = logging.getLogger("specgate.calls")
@@ -82,9 +83,7 @@ def run_db_tool(rt: Runtime, identity: CallIdentity, tool: RegisteredTool,
     hold = rt.holds.get(identity.turn_id)
     held = hold.connections.get(url) if hold else None
     if held is None and keep:
-        hold = rt.holds.get_or_create(identity.turn_id)
-        held = hold.connection(url, rt.dbs.tool_engine(adapter), rt.dbs.ledger_url,
-                               rt.holds.acquire)
+        hold, held = hold_for(rt, identity.turn_id, adapter)
     if hold is not None and held is not None:
         active_hold, active_held = hold, held
         return capture(
@@ -95,6 +94,15 @@ def run_db_tool(rt: Runtime, identity: CallIdentity, tool: RegisteredTool,
         )
     return capture(lambda: _read_only(rt, adapter, body, tool.spec.timeout_s), tool.name,
                    identity.call_id)
+
+
+def hold_for(rt: Runtime, turn_id: str, adapter: str) -> tuple[TurnHold, HeldConnection]:
+    """The turn's transaction on the adapter's database, opened if needed. Raises
+    ``Unavailable`` past the bound, so callers take it before writing anything."""
+    hold = rt.holds.get_or_create(turn_id)
+    held = hold.connection(rt.dbs.tool_url(adapter), rt.dbs.tool_engine(adapter),
+                           rt.dbs.ledger_url, rt.holds.acquire)
+    return hold, held
 
 
 def _read_only(rt: Runtime, adapter: str, body: Callable[[Session], Any],

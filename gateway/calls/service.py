@@ -13,8 +13,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from gateway import metrics
 from gateway.calls import placeholders
-from gateway.calls.execution import CallIdentity, Outcome, run_db_tool
+from gateway.calls.execution import CallIdentity, Outcome, hold_for, run_db_tool
 from gateway.calls.schemas import IssueCall
 from gateway.calls.state import CallState, TurnScope
 from gateway.errors import Conflict, InvalidArguments
@@ -94,6 +95,8 @@ def _check_request(scope: TurnScope, tool: RegisteredTool, request: IssueCall,
 def issue_call(rt: Runtime, scope: TurnScope, request: IssueCall) -> CallState:
     tool = rt.registry.get(request.tool)
     superseded, deps, resolved = _check_request(scope, tool, request)
+    if resolved is not None and tool.spec.effect == Effect.REVERSIBLE:
+        hold_for(rt, scope.turn.id, tool.adapter.name)  # may refuse (429/503): before any write
     if superseded is not None:
         cancel_calls(rt, scope, [superseded], reason="superseded")
     call = _insert(rt, scope, tool, request, deps, superseded)
@@ -131,6 +134,7 @@ def move(rt: Runtime, call: CallState, target: str, detail: dict[str, Any] | Non
     """Transition one call in its own ledger transaction and mirror it in memory."""
     with rt.dbs.ledger.begin() as conn:
         transition_call(conn, call.subject, call.status, target, values, detail)
+    metrics.call_moved(call.effect, target)
     call.status = target
     for key, value in values.items():
         setattr(call, key, value)

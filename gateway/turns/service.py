@@ -13,6 +13,7 @@ the reconciler from the marker, a crash before it leaves nothing (Postgres rolls
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -20,6 +21,7 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from gateway import metrics
 from gateway.calls import placeholders
 from gateway.calls import service as calls_service
 from gateway.calls.execution import Outcome, run_db_tool
@@ -93,6 +95,7 @@ def commit_turn(rt: Runtime, scope: TurnScope, keep: list[str] | None) -> TurnSc
     if scope.turn.status != T.OPEN:
         raise Conflict(f"turn {scope.turn.id!r} is {scope.turn.status}", code="turn_not_open")
     kept = _kept(scope, keep)
+    started = time.perf_counter()
     _move_turn(rt, scope.turn, T.COMMITTING)
     try:
         kept_ids = {c.id for c in kept}
@@ -108,6 +111,7 @@ def commit_turn(rt: Runtime, scope: TurnScope, keep: list[str] | None) -> TurnSc
     finally:
         rt.holds.drop(scope.turn.id)
     finalize(rt, scope, outcomes)
+    metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
     return scope
 
 
@@ -174,6 +178,7 @@ def finalize(rt: Runtime, scope: TurnScope, outcomes: dict[str, dict[str, Any]])
             if "resolved_arguments" in outcome:
                 values["resolved_arguments"] = outcome["resolved_arguments"]
             transition_call(conn, call.subject, call.status, outcome["status"], values)
+            metrics.call_moved(call.effect, outcome["status"])
             call.status = outcome["status"]
             for key, value in values.items():
                 setattr(call, key, value)
@@ -197,6 +202,7 @@ def end_turn(rt: Runtime, scope: TurnScope, via: str | None, target: str, call_t
         for call in [c for c in scope.calls if c.live]:
             transition_call(conn, call.subject, call.status, call_target, {"decided_at": at},
                             {"reason": reason})
+            metrics.call_moved(call.effect, call_target)
             call.status = call_target
         transition_turn(conn, scope.turn.subject, scope.turn.status, target,
                         {"decided_at": at, "error": {"reason": reason}})

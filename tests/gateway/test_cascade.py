@@ -50,13 +50,13 @@ def test_replay_with_another_result_is_a_conflict_and_cascades(shop: Any) -> Non
     api, before = shop.api, shop_state(shop.url)
     sid, tid = api.session()
     first = api.call(sid, 1, "create_order", arguments=ANN)
-    bob = api.call(sid, 2, "create_order", arguments=BOB)
-    assert bob["result"]["order_id"] == "O1002"
+    second = api.call(sid, 2, "create_order", arguments=ANN)
+    assert second["result"]["order_id"] == "O-ann-2"
     api.call(sid, 3, "add_item", arguments={"order_id": "$2.order_id", "sku": "filter"})
     changed = {c["client_call_id"]: c for c in api.cancel(first["id"])}
     assert changed["1"]["status"] == "cancelled"
     assert changed["2"]["status"] == "conflict"
-    assert changed["2"]["error"]["replayed"]["result"]["order_id"] == "O1001"
+    assert changed["2"]["error"]["replayed"]["result"]["order_id"] == "O-ann-1"
     assert changed["3"]["status"] == "cancelled"
     api.commit(sid, tid)
     assert shop_state(shop.url) == before
@@ -67,13 +67,13 @@ def test_read_your_writes_inside_a_turn_and_isolation_outside(shop: Any) -> None
     sid, tid = api.session()
     api.call(sid, 1, "create_order", arguments=ANN)
     api.call(sid, 2, "add_item", arguments={"order_id": "$1.order_id", "sku": "grinder"})
-    mine = api.call(sid, 3, "get_order", arguments={"order_id": "O1001"})
+    mine = api.call(sid, 3, "get_order", arguments={"order_id": "O-ann-1"})
     assert mine["status"] == "succeeded" and mine["result"]["items"][0]["sku"] == "grinder"
     other_sid, _ = api.session()
-    theirs = api.call(other_sid, 1, "get_order", arguments={"order_id": "O1001"})
+    theirs = api.call(other_sid, 1, "get_order", arguments={"order_id": "O-ann-1"})
     assert theirs["status"] == "failed" and theirs["error"]["code"] == "tool_retry"
     stock = api.call(other_sid, 2, "list_products")["result"]
     assert next(p for p in stock if p["sku"] == "grinder")["stock"] == 3  # not yet taken
     api.commit(sid, tid)
-    seen = api.call(other_sid, 3, "get_order", arguments={"order_id": "O1001"})
+    seen = api.call(other_sid, 3, "get_order", arguments={"order_id": "O-ann-1"})
     assert seen["status"] == "succeeded" and seen["result"]["items"][0]["sku"] == "grinder"

@@ -39,7 +39,7 @@ def test_reversible_commit_equals_sequential_run(shop: Any) -> None:
     assert api.call(sid, 1, "create_order", arguments=ORDER)["status"] == "held"
     item = api.call(sid, 2, "add_item",
                     arguments={"order_id": "$1.order_id", "sku": "grinder", "quantity": 2})
-    assert item["status"] == "held" and item["resolved_arguments"]["order_id"] == "O1001"
+    assert item["status"] == "held" and item["resolved_arguments"]["order_id"] == "O-ann-1"
     turn = api.commit(sid, tid)
     assert turn["status"] == "committed"
     assert {c["status"] for c in turn["calls"]} == {"committed"}

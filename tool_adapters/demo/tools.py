@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from pydantic import BaseModel, Field
@@ -57,7 +58,7 @@ def get_order(ctx: ToolContext, order_id: str) -> Order:
     """Show an order with its items and total.
 
     Args:
-        order_id: The order, e.g. "O1001".
+        order_id: The order, e.g. "O-ann-1".
     """
     return _order(ctx, order_id)
 
@@ -70,9 +71,12 @@ def create_order(ctx: ToolContext, customer: Annotated[str, Field(min_length=1)]
         customer: The customer's name.
     """
     db = ctx.session
-    # Numbered from the table, not a sequence: a sequence would not roll back with the turn.
-    count = db.execute(select(func.count()).select_from(schema.orders)).scalar_one()
-    order_id = f"O{1001 + count}"
+    # Numbered per customer from the table, not from a sequence: a sequence would not roll back
+    # with the turn, and a global number would make every open turn wait on every other one.
+    count = db.execute(select(func.count()).select_from(schema.orders)
+                       .where(schema.orders.c.customer == customer)).scalar_one()
+    slug = re.sub(r"[^a-z0-9]+", "", customer.lower())[:16] or "x"
+    order_id = f"O-{slug}-{count + 1}"
     db.execute(insert(schema.orders).values(id=order_id, customer=customer, status="open"))
     return _order(ctx, order_id)
 

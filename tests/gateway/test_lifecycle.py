@@ -1,0 +1,151 @@
+"""TTL reaper, the bound on held transactions, ops endpoints, events, and migrations."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.pool import NullPool
+
+from gateway import recovery
+from gateway.auth.service import create_key
+from gateway.db import make_engine
+from gateway.migrate import downgrade_ledger, upgrade_ledger
+from tests.conftest import make_settings, reset_shop
+from tests.gateway.helpers import Api, shop_state
+
+
+def _gateway(gateway_factory: Any, pg_home: Path, ledger_url: str, **overrides: Any) -> Api:
+    settings = make_settings(pg_home, ledger_url, **overrides)
+    reset_shop(ledger_url, settings)
+    client = gateway_factory(settings)
+    engine = make_engine(ledger_url, pool_size=1)
+    _, key = create_key(engine, f"t-{uuid.uuid4().hex[:6]}", "app")
+    engine.dispose()
+    return Api(client, key)
+
+
+def test_reaper_expires_turns_past_their_ttl(gateway_factory: Any, pg_home: Path,
+                                             ledger_url: str) -> None:
+    api = _gateway(gateway_factory, pg_home, ledger_url, turn_ttl_s=0.5)
+    before = shop_state(ledger_url)
+    sid, tid = api.session()
+    api.call(sid, 1, "create_order", arguments={"customer": "ann"})
+    api.call(sid, 2, "add_item", arguments={"order_id": "$1.order_id", "sku": "kettle"})
+    rt = api.client.app.state.runtime
+    assert rt.holds.held_connections == 1
+    time.sleep(0.6)
+    counts = recovery.reconcile(rt)
+    assert counts["expired_turns"] == 1
+    turn = api.get(f"/v1/sessions/{sid}").json()["turns"][0]
+    assert turn["status"] == "expired"
+    assert [c["status"] for c in turn["calls"]] == ["expired", "expired"]
+    assert rt.holds.held_connections == 0
+    assert shop_state(ledger_url) == before
+    assert api.post(f"/v1/sessions/{sid}/turns/{tid}/commit", {}).status_code == 409
+
+
+def test_reaper_expires_staged_calls_and_their_dependents(gateway_factory: Any, pg_home: Path,
+                                                          ledger_url: str) -> None:
+    api = _gateway(gateway_factory, pg_home, ledger_url, staged_ttl_s=0.3)
+    sid, tid = api.session()
+    api.call(sid, 1, "create_order", arguments={"customer": "ann"})
+    api.call(sid, 2, "add_item", arguments={"order_id": "$1.order_id", "sku": "filter"})
+    api.call(sid, 3, "place_order", arguments={"order_id": "$1.order_id", "card_last4": "4242"})
+    api.call(sid, 4, "get_order", arguments={"order_id": "$3.order_id"})  # deferred: staged
+    time.sleep(0.4)
+    assert recovery.reconcile(api.client.app.state.runtime)["expired_calls"] == 2
+    turn = api.commit(sid, tid)
+    assert [c["status"] for c in turn["calls"]] == ["committed", "committed", "expired",
+                                                    "expired"]
+    assert shop_state(ledger_url)["demo_payments"] == []
+
+
+def test_held_transactions_are_bounded_with_a_clear_429(gateway_factory: Any, pg_home: Path,
+                                                        ledger_url: str) -> None:
+    api = _gateway(gateway_factory, pg_home, ledger_url, max_held_transactions=2)
+    sessions = [api.session() for _ in range(3)]
+    for sid, _ in sessions[:2]:
+        api.call(sid, 1, "create_order", arguments={"customer": sid})
+    sid, _ = sessions[2]
+    response = api.post(f"/v1/sessions/{sid}/calls", {
+        "tool": "demo.create_order", "client_call_id": 1, "arguments": {"customer": "c"}})
+    assert response.status_code == 429
+    error = response.json()["error"]
+    assert error["code"] == "held_transactions_exhausted" and error["details"]["bound"] == 2
+    assert api.get(f"/v1/sessions/{sid}").json()["turns"][0]["calls"] == []
+    assert api.call(sid, 1, "list_products")["status"] == "succeeded"  # reads still work
+    first_sid, first_tid = sessions[0]
+    api.commit(first_sid, first_tid)
+    assert api.call(sid, 2, "create_order", arguments={"customer": "c"})["status"] == "held"
+
+
+def test_healthz_metrics_and_openapi(gateway_factory: Any, pg_home: Path,
+                                     ledger_url: str) -> None:
+    api = _gateway(gateway_factory, pg_home, ledger_url)
+    sid, tid = api.session()
+    api.call(sid, 1, "create_order", arguments={"customer": "ann"})
+    api.call(sid, 2, "list_products")
+    health = api.client.get("/healthz").json()
+    assert health["ok"] is True and health["held"] == 1
+    api.commit(sid, tid)
+    metrics = api.client.get("/metrics").text
+    assert 'specgate_calls_total{effect="reversible",status="committed"}' in metrics
+    assert 'specgate_speculation_total{outcome="kept"}' in metrics
+    assert "specgate_turn_commit_seconds_count" in metrics
+    assert "specgate_held_transactions 0.0" in metrics
+    paths = api.client.get("/openapi.json").json()["paths"]
+    assert "/v1/sessions/{session_id}/turns/{turn_id}/commit" in paths
+
+
+def test_event_stream_carries_every_transition_in_order(gateway_factory: Any, pg_home: Path,
+                                                        ledger_url: str) -> None:
+    from gateway.events import service as events_service
+
+    api = _gateway(gateway_factory, pg_home, ledger_url)
+    sid, tid = api.session()
+    first = api.call(sid, 1, "create_order", arguments={"customer": "ann"})
+    api.cancel(first["id"])
+    api.commit(sid, tid)
+    rt = api.client.app.state.runtime
+    events = events_service.fetch(rt, sid, 0)
+    moves = [(e["entity"], e["from"], e["to"]) for e in events]
+    assert moves == [("turn", None, "open"), ("call", None, "proposed"),
+                     ("call", "proposed", "running"), ("call", "running", "held"),
+                     ("call", "held", "cancelled"), ("turn", "open", "committing"),
+                     ("turn", "committing", "committed")]
+    resumed = events_service.fetch(rt, sid, events[3]["id"])
+    assert [e["to"] for e in resumed] == ["cancelled", "committing", "committed"]
+    with api.client.stream("GET", f"/v1/sessions/{sid}/events", headers={
+            **api.headers, "Last-Event-ID": str(events[-2]["id"])}) as stream:
+        line = next(line for line in stream.iter_lines() if line.startswith("data:"))
+    assert orjson.loads(line[5:])["to"] == "committed"
+
+
+def test_migrations_upgrade_and_downgrade(pg_home: Path, ledger_url: str) -> None:
+    from gateway.embedded import embedded_database_url
+
+    url = embedded_database_url(pg_home, f"sg_mig_{uuid.uuid4().hex[:6]}")
+    upgrade_ledger(url)
+    engine = create_engine(url, poolclass=NullPool)
+    tables = set(inspect(engine).get_table_names())
+    assert {"sessions", "turns", "calls", "call_events", "api_keys", "idempotency_records",
+            "commit_markers", "outbox", "audit_heads", "gateways"} <= tables
+    downgrade_ledger(url)
+    assert set(inspect(engine).get_table_names()) == {"alembic_version"}
+    upgrade_ledger(url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+    engine.dispose()
+
+
+@pytest.mark.parametrize("status", ["nope"])
+def test_listing_rejects_unknown_status(gateway_factory: Any, pg_home: Path, ledger_url: str,
+                                        status: str) -> None:
+    api = _gateway(gateway_factory, pg_home, ledger_url)
+    assert api.get(f"/v1/calls?status={status}", expect=400).json()["error"]["code"]
