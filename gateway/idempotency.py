@@ -21,7 +21,7 @@ from starlette.responses import Response
 from gateway.errors import Conflict, IdempotencyMismatch, SpecgateError
 from gateway.ledger import models
 
-TABLE = models.IdempotencyRecord.__table__
+TABLE = models.table_of(models.IdempotencyRecord)
 
 
 def fingerprint(method: str, path: str, body: bytes) -> str:

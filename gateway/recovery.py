@@ -71,7 +71,7 @@ def _database_urls(rt: Runtime) -> set[str]:
 
 
 def _decision(conn: Connection, turn_id: str) -> str | None:
-    table = models.CommitMarker.__table__
+    table = models.table_of(models.CommitMarker)
     return conn.execute(select(table.c.decision).where(table.c.turn_id == turn_id)).scalar()
 
 
@@ -94,11 +94,13 @@ def _resolve_prepared(rt: Runtime, counts: dict[str, int]) -> None:
 
 def _decide_prepared(rt: Runtime, gid: str, prepared_at: Any) -> str | None:
     turn_id = turn_of_gid(gid)
+    if turn_id is None:
+        return None  # our prefix, not our format: leave it to a person
     with rt.dbs.ledger.begin() as conn:
-        decision = _decision(conn, turn_id) if turn_id else "abort"
+        decision = _decision(conn, turn_id)
         if decision is not None:
             return decision
-        in_flight = rt.holds.get(turn_id) is not None if turn_id else False
+        in_flight = rt.holds.get(turn_id) is not None
         young = now() - prepared_at < timedelta(seconds=PREPARED_GRACE_S)
         if in_flight or (young and _owner_alive(conn, rt, turn_id)):
             return None  # a live gateway is between PREPARE and its decision

@@ -42,7 +42,7 @@ def create_key(body: NewKey, rt: RuntimeDep, key: AdminKey) -> KeyView:
 
 @router.get("/keys", response_model=list[KeyView])
 def list_keys(rt: RuntimeDep, key: AdminKey) -> list[KeyView]:
-    table = models.ApiKey.__table__
+    table = models.table_of(models.ApiKey)
     with rt.dbs.ledger.connect() as conn:
         rows = conn.execute(select(table).where(table.c.tenant == key.tenant)
                             .order_by(table.c.created_at))

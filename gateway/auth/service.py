@@ -57,7 +57,7 @@ def create_key(ledger: Engine, tenant: str, role: Role | str, name: str = "") ->
 
 
 def revoke_key(ledger: Engine, tenant: str, key_id: str) -> None:
-    table = models.ApiKey.__table__
+    table = models.table_of(models.ApiKey)
     with ledger.begin() as conn:
         done = conn.execute(update(table).where(
             table.c.id == key_id, table.c.tenant == tenant, table.c.revoked_at.is_(None)
@@ -80,7 +80,7 @@ class KeyCache:
         hit = self._cache.get(digest)
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
-        table = models.ApiKey.__table__
+        table = models.table_of(models.ApiKey)
         with self.ledger.connect() as conn:
             row = conn.execute(select(table.c.id, table.c.tenant, table.c.role).where(
                 table.c.key_hash == digest, table.c.revoked_at.is_(None))).first()

@@ -22,7 +22,7 @@ from gateway.runtime import Runtime
 from gateway.sessions import service as sessions_service
 
 router = APIRouter(prefix="/v1/calls", tags=["calls"])
-CALLS = models.Call.__table__
+CALLS = models.table_of(models.Call)
 UNSETTLED = {CallStatus.PROPOSED, CallStatus.RUNNING}
 
 

@@ -22,21 +22,23 @@ class IssueCall(BaseModel):
 
     tool: str = Field(description="Registered tool name, `adapter.tool`.")
     arguments: dict[str, Any] = Field(default_factory=dict)
-    client_call_id: ClientId = Field(description="The agent's id for the call (unique per turn).")
-    depends_on: list[ClientId] = Field(default_factory=list)
-    supersedes: ClientId | None = Field(
+    client_call_id: str = Field(
+        description="The agent's id for the call (a number or a short name; unique per turn)."
+    )
+    depends_on: list[str] = Field(default_factory=list)
+    supersedes: str | None = Field(
         default=None, description="Amend: the client id of the live call this one replaces."
     )
 
-    @field_validator("client_call_id", "supersedes")
+    @field_validator("client_call_id", "supersedes", mode="before")
     @classmethod
     def _normalise(cls, value: ClientId | None) -> str | None:
         return None if value is None else _client_id(value)
 
-    @field_validator("depends_on")
+    @field_validator("depends_on", mode="before")
     @classmethod
-    def _normalise_all(cls, value: list[ClientId]) -> list[str]:
-        return [_client_id(v) for v in value]
+    def _normalise_all(cls, value: object) -> object:
+        return [_client_id(v) for v in value] if isinstance(value, list) else value
 
 
 class CancelCall(BaseModel):

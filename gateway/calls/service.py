@@ -120,7 +120,7 @@ def _insert(rt: Runtime, scope: TurnScope, tool: RegisteredTool, request: IssueC
         error=None, idempotency_key=call_id, replays=0, created_at=now(),
     )
     with rt.dbs.ledger.begin() as conn:
-        conn.execute(models.Call.__table__.insert().values(
+        conn.execute(models.table_of(models.Call).insert().values(
             {k: v for k, v in vars(call).items() if k not in {"started_at", "finished_at",
                                                                "decided_at", "expires_at"}}
         ))
@@ -220,8 +220,8 @@ def _replay(rt: Runtime, scope: TurnScope, calls: list[CallState]) -> list[CallS
                                             "message": str(error)})
         if outcome.ok and outcome.result == call.result:
             with rt.dbs.ledger.begin() as conn:
-                conn.execute(models.Call.__table__.update()
-                             .where(models.Call.__table__.c.id == call.id)
+                conn.execute(models.table_of(models.Call).update()
+                             .where(models.table_of(models.Call).c.id == call.id)
                              .values(replays=call.replays + 1))
             call.replays += 1
             continue

@@ -115,14 +115,14 @@ class TurnScope:
 
 
 def load_calls(conn: Connection, turn_id: str) -> list[CallState]:
-    table = models.Call.__table__
+    table = models.table_of(models.Call)
     rows = conn.execute(select(table).where(table.c.turn_id == turn_id).order_by(table.c.seq))
     return [CallState.from_row(row) for row in rows]
 
 
 def load_turn(conn: Connection, tenant: str, session_id: str, turn_id: str | None) -> TurnState:
     """A turn of a session of this tenant (the latest when ``turn_id`` is None), or 404."""
-    table = models.Turn.__table__
+    table = models.table_of(models.Turn)
     query = select(table).where(table.c.session_id == session_id, table.c.tenant == tenant)
     if turn_id is not None:
         query = query.where(table.c.id == turn_id)

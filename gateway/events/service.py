@@ -38,7 +38,7 @@ def parse_last_event_id(value: str | None) -> int:
 
 
 def fetch(rt: Runtime, session_id: str, after: int) -> list[dict[str, Any]]:
-    events, calls = models.CallEvent.__table__, models.Call.__table__
+    events, calls = models.table_of(models.CallEvent), models.table_of(models.Call)
     query = (
         select(events, calls.c.client_call_id, calls.c.tool)
         .outerjoin(calls, calls.c.id == events.c.call_id)

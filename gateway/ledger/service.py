@@ -120,7 +120,7 @@ def transition_call(conn: Connection, subject: Subject, source: str, target: str
     """Move one call ``source → target`` (compare-and-set) and append its audit event."""
     if not call_move_allowed(source, target):
         raise IllegalTransition(f"call {subject.call_id!r}: {source!r} → {target!r} not allowed")
-    table = models.Call.__table__
+    table = models.table_of(models.Call)
     result = conn.execute(
         update(table)
         .where(table.c.id == subject.call_id, table.c.status == source)
@@ -136,7 +136,7 @@ def transition_turn(conn: Connection, subject: Subject, source: str, target: str
                     detail: Mapping[str, Any] | None = None) -> None:
     if not turn_move_allowed(source, target):
         raise IllegalTransition(f"turn {subject.turn_id!r}: {source!r} → {target!r} not allowed")
-    table = models.Turn.__table__
+    table = models.table_of(models.Turn)
     result = conn.execute(
         update(table)
         .where(table.c.id == subject.turn_id, table.c.status == source)
@@ -154,7 +154,7 @@ def record_creation(conn: Connection, subject: Subject, status: str,
 
 
 def _events(conn: Connection, tenant: str) -> Iterator[Any]:
-    table = models.CallEvent.__table__
+    table = models.table_of(models.CallEvent)
     yield from conn.execute(
         select(table).where(table.c.tenant == tenant).order_by(table.c.seq)
     ).yield_per(1000)

@@ -32,7 +32,7 @@ def scope_of(rt: Runtime, tenant: str, session_id: str,
 
 def check_session(rt: Runtime, tenant: str, session_id: str) -> None:
     """404 unless the session exists and belongs to the tenant."""
-    table = models.Session.__table__
+    table = models.table_of(models.Session)
     with rt.dbs.ledger.connect() as conn:
         found = conn.execute(select(table.c.id).where(
             table.c.id == session_id, table.c.tenant == tenant)).first()
@@ -55,7 +55,7 @@ def turn_view(scope: TurnScope) -> TurnView:
 
 
 def session_view(conn: Connection, tenant: str, session_id: str) -> SessionView:
-    sessions, turns = models.Session.__table__, models.Turn.__table__
+    sessions, turns = models.table_of(models.Session), models.table_of(models.Turn)
     row = conn.execute(select(sessions).where(
         sessions.c.id == session_id, sessions.c.tenant == tenant)).first()
     if row is None:

@@ -230,6 +230,6 @@ def reload(rt: Runtime, tenant: str, session_id: str, turn_id: str) -> TurnScope
 
 
 def marker_of(conn: Connection, turn_id: str) -> dict[str, Any] | None:
-    table = models.CommitMarker.__table__
+    table = models.table_of(models.CommitMarker)
     row = conn.execute(select(table).where(table.c.turn_id == turn_id)).first()
     return None if row is None else dict(row._mapping)

@@ -110,8 +110,9 @@ def add_item(ctx: ToolContext, order_id: str, sku: str,
         update(schema.order_items)
         .where(schema.order_items.c.order_id == order_id, schema.order_items.c.sku == sku)
         .values(quantity=schema.order_items.c.quantity + quantity)
-    ).rowcount
-    if not existing:
+        .returning(schema.order_items.c.sku)
+    ).first()
+    if existing is None:
         db.execute(insert(schema.order_items).values(order_id=order_id, sku=sku,
                                                      quantity=quantity))
     return _order(ctx, order_id)

@@ -225,7 +225,7 @@ def _check_name(label: str, name: str) -> str:
 
 def _coerce(enum_type: type[_E], value: object, what: str, label: str) -> _E:
     try:
-        return enum_type(value)
+        return enum_type(value)  # type: ignore[arg-type]  # checked by the except
     except (ValueError, TypeError):
         choices = ", ".join(repr(member.value) for member in enum_type)
         raise TypeError(f"tool {label!r}: {what} must be one of {choices}, got {value!r}") from None

@@ -1,0 +1,58 @@
+"""A session is owned by one gateway (lease): others refuse it with 409 naming the owner, and
+take it over, recovering its held turn, once the owner's heartbeat is gone."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+from gateway import recovery
+from gateway.auth.service import create_key
+from gateway.db import make_engine
+from tests.conftest import make_settings, reset_shop
+from tests.gateway.helpers import Api, shop_state
+
+
+def test_second_gateway_refuses_then_takes_over_a_dead_owners_session(
+        gateway_factory: Any, pg_home: Path, ledger_url: str) -> None:
+    settings = make_settings(pg_home, ledger_url, owner_lease_s=30)
+    reset_shop(ledger_url, settings)
+    engine = make_engine(ledger_url, pool_size=1)
+    _, key = create_key(engine, f"t-{uuid.uuid4().hex[:6]}", "app")
+    engine.dispose()
+    first, second = gateway_factory(settings), gateway_factory(settings)
+    for client in (first, second):
+        client.app.state.runtime.heartbeat()
+    owner, other = Api(first, key), Api(second, key)
+    before = shop_state(ledger_url)
+    sid, _ = owner.session()
+    owner.call(sid, 1, "create_order", arguments={"customer": "ann"})
+
+    refused = other.post(f"/v1/sessions/{sid}/calls", {"tool": "demo.list_products",
+                                                       "client_call_id": 2})
+    assert refused.status_code == 409
+    error = refused.json()["error"]
+    assert error["code"] == "session_owned_elsewhere"
+    assert error["details"]["owner"] == first.app.state.runtime.gateway_id
+
+    # The owner dies: its connection goes (Postgres rolls back) and its heartbeat stops.
+    first_rt = first.app.state.runtime
+    first_rt.close()
+    raw = create_engine(ledger_url, poolclass=NullPool)
+    with raw.begin() as conn:
+        conn.execute(text("UPDATE gateways SET heartbeat_at = now() - interval '1 hour' "
+                          "WHERE id = :id"), {"id": first_rt.gateway_id})
+    raw.dispose()
+
+    taken = other.call(sid, 1, "list_products", expect=409)  # turn was aborted on takeover
+    assert taken["error"]["code"] == "turn_not_open"
+    turn = other.get(f"/v1/sessions/{sid}").json()["turns"][0]
+    assert turn["status"] == "aborted" and turn["calls"][0]["status"] == "aborted"
+    assert shop_state(ledger_url) == before
+    assert recovery.reconcile(second.app.state.runtime)["aborted"] == 0  # nothing left
+    next_turn = other.post(f"/v1/sessions/{sid}/turns", {}, expect=201).json()
+    assert next_turn["seq"] == 2
