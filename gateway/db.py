@@ -61,6 +61,13 @@ class Databases:
         self.settings = settings
         self.ledger_url = resolve_database_url(settings)
         self.ledger = make_engine(self.ledger_url, pool_size=20, max_overflow=20)
+        # Speculative states (proposed, running, held, staged, …) are written without waiting
+        # for the WAL flush: they describe work that a server crash voids anyway, and every
+        # decision written later through ``ledger`` flushes the WAL up to and past them.
+        self.ledger_fast = make_engine(
+            self.ledger_url, pool_size=20, max_overflow=20,
+            connect_args={"options": "-c synchronous_commit=off"},
+        )
         self._tool_engines: dict[str, Engine] = {}
         self._lock = threading.Lock()
 
@@ -82,5 +89,6 @@ class Databases:
 
     def dispose(self) -> None:
         self.ledger.dispose()
+        self.ledger_fast.dispose()
         for engine in self._tool_engines.values():
             engine.dispose()

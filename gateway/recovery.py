@@ -153,6 +153,7 @@ def recover_session(rt: Runtime, tenant: str, session_id: str) -> None:
 
 
 def _resolve_orphan(rt: Runtime, scope: TurnScope, counts: dict[str, int]) -> None:
+    rt.forget_scope(scope.turn.session_id)
     turn = scope.turn
     with rt.dbs.ledger.connect() as conn:
         marker = turns_service.marker_of(conn, turn.id)
@@ -186,6 +187,7 @@ def _reap(rt: Runtime, counts: dict[str, int]) -> None:
         except Conflict:
             continue
         with rt.session_lock(row.session_id):
+            rt.forget_scope(row.session_id)
             scope = turns_service.reload(rt, row.tenant, row.session_id, row.id)
             if scope.turn.status != T.OPEN:
                 continue

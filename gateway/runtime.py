@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import text
 
+from gateway.calls.state import TurnScope
 from gateway.config import Settings
 from gateway.db import Databases
 from gateway.errors import Conflict, NotFound
@@ -53,6 +54,10 @@ class Runtime:
         default_factory=lambda: defaultdict(threading.RLock)
     )
     _owned: dict[str, str] = field(default_factory=dict)  # session id → tenant
+    # The latest turn of each owned session, as the ledger has it: the services keep it in
+    # step as they write (they are the only writers while this gateway owns the session), so a
+    # request does not read the turn's calls again. Dropped on any error or outside write.
+    scopes: dict[str, TurnScope] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -103,6 +108,9 @@ class Runtime:
         self._owned[session_id] = tenant
         previous = row.previous
         return previous if previous not in (None, self.gateway_id) else None
+
+    def forget_scope(self, session_id: str) -> None:
+        self.scopes.pop(session_id, None)
 
     def heartbeat(self) -> None:
         with self.dbs.ledger.begin() as conn:

@@ -95,20 +95,25 @@ def _check_request(scope: TurnScope, tool: RegisteredTool, request: IssueCall,
 def issue_call(rt: Runtime, scope: TurnScope, request: IssueCall) -> CallState:
     tool = rt.registry.get(request.tool)
     superseded, deps, resolved = _check_request(scope, tool, request)
-    if resolved is not None and tool.spec.effect == Effect.REVERSIBLE:
+    runs_now = resolved is not None and tool.spec.effect != Effect.SENSITIVE
+    if runs_now and tool.spec.effect == Effect.REVERSIBLE:
         hold_for(rt, scope.turn.id, tool.adapter.name)  # may refuse (429/503): before any write
     if superseded is not None:
         cancel_calls(rt, scope, [superseded], reason="superseded")
-    call = _insert(rt, scope, tool, request, deps, superseded)
-    if resolved is None or tool.spec.effect == Effect.SENSITIVE:
-        _stage(rt, call, tool, resolved)
-    else:
+    call = _insert(rt, scope, tool, request, deps, superseded, running=runs_now,
+                   resolved=resolved)
+    if runs_now:
+        assert resolved is not None
         _run_now(rt, call, tool, resolved)
+    else:
+        _stage(rt, call, tool, resolved)
     return call
 
 
 def _insert(rt: Runtime, scope: TurnScope, tool: RegisteredTool, request: IssueCall,
-            deps: list[CallState], superseded: CallState | None) -> CallState:
+            deps: list[CallState], superseded: CallState | None, *, running: bool,
+            resolved: dict[str, Any] | None) -> CallState:
+    """Write the new call (``proposed``, and ``running`` at once when it runs now)."""
     call_id = models.new_id("call")
     call = CallState(
         id=call_id, tenant=scope.turn.tenant, session_id=scope.turn.session_id,
@@ -119,20 +124,29 @@ def _insert(rt: Runtime, scope: TurnScope, tool: RegisteredTool, request: IssueC
         supersedes_id=superseded.id if superseded else None, status=S.PROPOSED, result=None,
         error=None, idempotency_key=call_id, replays=0, created_at=now(),
     )
-    with rt.dbs.ledger.begin() as conn:
+    with rt.dbs.ledger_fast.begin() as conn:
         conn.execute(models.table_of(models.Call).insert().values(
             {k: v for k, v in vars(call).items() if k not in {"started_at", "finished_at",
                                                                "decided_at", "expires_at"}}
         ))
         record_creation(conn, call.subject, S.PROPOSED, {"tool": tool.name})
+        if running:
+            call.started_at, call.resolved_arguments = now(), resolved
+            transition_call(conn, call.subject, S.PROPOSED, S.RUNNING,
+                            {"started_at": call.started_at, "resolved_arguments": resolved})
+            call.status = S.RUNNING
+    metrics.call_moved(call.effect, S.PROPOSED)
+    if running:
+        metrics.call_moved(call.effect, S.RUNNING)
     scope.calls.append(call)
     return call
 
 
 def move(rt: Runtime, call: CallState, target: str, detail: dict[str, Any] | None = None,
          **values: Any) -> None:
-    """Transition one call in its own ledger transaction and mirror it in memory."""
-    with rt.dbs.ledger.begin() as conn:
+    """Transition one call in its own ledger transaction and mirror it in memory. These are
+    the states of a still-open turn, written without waiting for the WAL flush (see db.py)."""
+    with rt.dbs.ledger_fast.begin() as conn:
         transition_call(conn, call.subject, call.status, target, values, detail)
     metrics.call_moved(call.effect, target)
     call.status = target
@@ -155,7 +169,6 @@ def _stage(rt: Runtime, call: CallState, tool: RegisteredTool,
 
 def _run_now(rt: Runtime, call: CallState, tool: RegisteredTool,
              resolved: dict[str, Any]) -> None:
-    move(rt, call, S.RUNNING, started_at=now(), resolved_arguments=resolved)
     keep = tool.spec.effect == Effect.REVERSIBLE
     outcome = run_db_tool(rt, identity(call), tool, resolved, keep=keep)
     settle(rt, call, outcome, S.HELD if keep else S.SUCCEEDED)
@@ -219,7 +232,7 @@ def _replay(rt: Runtime, scope: TurnScope, calls: list[CallState]) -> list[CallS
             outcome = Outcome(False, error={"code": "placeholder_unresolvable",
                                             "message": str(error)})
         if outcome.ok and outcome.result == call.result:
-            with rt.dbs.ledger.begin() as conn:
+            with rt.dbs.ledger_fast.begin() as conn:
                 conn.execute(models.table_of(models.Call).update()
                              .where(models.table_of(models.Call).c.id == call.id)
                              .values(replays=call.replays + 1))

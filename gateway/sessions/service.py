@@ -25,9 +25,17 @@ def scope_of(rt: Runtime, tenant: str, session_id: str,
             from gateway import recovery
 
             recovery.recover_session(rt, tenant, session_id)
-        with rt.dbs.ledger.connect() as conn:
-            scope = load_scope(conn, tenant, session_id, turn_id)
-        yield scope
+        scope = rt.scopes.get(session_id)
+        if scope is None or (turn_id is not None and scope.turn.id != turn_id):
+            with rt.dbs.ledger.connect() as conn:
+                scope = load_scope(conn, tenant, session_id, turn_id)
+            if turn_id is None:
+                rt.scopes[session_id] = scope
+        try:
+            yield scope
+        except BaseException:
+            rt.forget_scope(session_id)  # it may be half-updated: read it again next time
+            raise
 
 
 def check_session(rt: Runtime, tenant: str, session_id: str) -> None:

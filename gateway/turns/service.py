@@ -66,6 +66,7 @@ def create_session(rt: Runtime, tenant: str, metadata: dict[str, Any]) -> str:
 
 
 def open_next_turn(rt: Runtime, tenant: str, session_id: str) -> str:
+    rt.forget_scope(session_id)
     with rt.dbs.ledger.begin() as conn:
         last = load_turn(conn, tenant, session_id, None)
         if last.status not in RESOLVED_TURN_STATUSES:
