@@ -64,8 +64,10 @@ class Databases:
         # Speculative states (proposed, running, held, staged, …) are written without waiting
         # for the WAL flush: they describe work that a server crash voids anyway, and every
         # decision written later through ``ledger`` flushes the WAL up to and past them.
+        # Autocommit: every write through it is one statement (a state change with its audit
+        # events), so it needs no BEGIN/COMMIT round trips.
         self.ledger_fast = make_engine(
-            self.ledger_url, pool_size=20, max_overflow=20,
+            self.ledger_url, pool_size=20, max_overflow=20, isolation_level="AUTOCOMMIT",
             connect_args={"options": "-c synchronous_commit=off"},
         )
         self._tool_engines: dict[str, Engine] = {}

@@ -20,7 +20,7 @@ from gateway.calls.schemas import IssueCall
 from gateway.calls.state import CallState, TurnScope
 from gateway.errors import Conflict, InvalidArguments
 from gateway.ledger import models
-from gateway.ledger.service import now, record_creation, transition_call
+from gateway.ledger.service import Move, create_row, now, transition_call
 from gateway.ledger.states import CallStatus, TurnStatus
 from gateway.runtime import Runtime
 from gateway.tools.registry import RegisteredTool
@@ -124,17 +124,14 @@ def _insert(rt: Runtime, scope: TurnScope, tool: RegisteredTool, request: IssueC
         supersedes_id=superseded.id if superseded else None, status=S.PROPOSED, result=None,
         error=None, idempotency_key=call_id, replays=0, created_at=now(),
     )
-    with rt.dbs.ledger_fast.begin() as conn:
-        conn.execute(models.table_of(models.Call).insert().values(
-            {k: v for k, v in vars(call).items() if k not in {"started_at", "finished_at",
-                                                               "decided_at", "expires_at"}}
-        ))
-        record_creation(conn, call.subject, S.PROPOSED, {"tool": tool.name})
-        if running:
-            call.started_at, call.resolved_arguments = now(), resolved
-            transition_call(conn, call.subject, S.PROPOSED, S.RUNNING,
-                            {"started_at": call.started_at, "resolved_arguments": resolved})
-            call.status = S.RUNNING
+    moves = [Move(call.subject, None, S.PROPOSED, {"tool": tool.name})]
+    if running:
+        call.status, call.started_at, call.resolved_arguments = S.RUNNING, now(), resolved
+        moves.append(Move(call.subject, S.PROPOSED, S.RUNNING))
+    row = {k: v for k, v in vars(call).items()
+           if k not in {"finished_at", "decided_at", "expires_at"}}
+    with rt.dbs.ledger_fast.connect() as conn:
+        create_row(conn, models.Call, row, moves)
     metrics.call_moved(call.effect, S.PROPOSED)
     if running:
         metrics.call_moved(call.effect, S.RUNNING)
@@ -146,7 +143,7 @@ def move(rt: Runtime, call: CallState, target: str, detail: dict[str, Any] | Non
          **values: Any) -> None:
     """Transition one call in its own ledger transaction and mirror it in memory. These are
     the states of a still-open turn, written without waiting for the WAL flush (see db.py)."""
-    with rt.dbs.ledger_fast.begin() as conn:
+    with rt.dbs.ledger_fast.connect() as conn:
         transition_call(conn, call.subject, call.status, target, values, detail)
     metrics.call_moved(call.effect, target)
     call.status = target
@@ -232,7 +229,7 @@ def _replay(rt: Runtime, scope: TurnScope, calls: list[CallState]) -> list[CallS
             outcome = Outcome(False, error={"code": "placeholder_unresolvable",
                                             "message": str(error)})
         if outcome.ok and outcome.result == call.result:
-            with rt.dbs.ledger_fast.begin() as conn:
+            with rt.dbs.ledger_fast.connect() as conn:
                 conn.execute(models.table_of(models.Call).update()
                              .where(models.table_of(models.Call).c.id == call.id)
                              .values(replays=call.replays + 1))

@@ -2,21 +2,22 @@
 
 Every status change goes through ``transition_call`` or ``transition_turn``: they check the
 transition table, compare-and-set the row (``WHERE status = :from``) so two writers can never
-both win, and append one audit event in the same ledger transaction. Events are chained per
-tenant: ``hash = sha256(prev_hash || canonical(event))``, computed by Postgres in the same
-statement that advances the tenant's chain head, so concurrent writers serialise on one row.
+both win, and append the audit event in the same statement. Events are chained per tenant:
+``hash = sha256(prev_hash || canonical(event))``, computed by the ``specgate_append_events``
+function (migration 0002) under a lock of the tenant's chain head.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, select, text, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from gateway.ledger import models
@@ -62,98 +63,96 @@ def canonical(subject: Subject, source: str | None, target: str, at: datetime,
     return orjson.dumps(event, option=orjson.OPT_SORT_KEYS).decode()
 
 
-_APPEND = text(
-    """
-    WITH head AS (
-        UPDATE audit_heads
-           SET seq = seq + 1, prev_hash = hash,
-               hash = encode(sha256(convert_to(hash || :payload, 'UTF8')), 'hex')
-         WHERE tenant = :tenant
-     RETURNING seq, hash, prev_hash
-    )
-    INSERT INTO call_events
-        (tenant, seq, session_id, turn_id, call_id, entity, from_status, to_status, at,
-         detail, prev_hash, hash)
-    SELECT :tenant, head.seq, :session_id, :turn_id, :call_id, :entity, :source, :target, :at,
-           CAST(:detail AS JSONB), head.prev_hash, head.hash
-      FROM head
-    RETURNING id
-    """
-)
+@dataclass(frozen=True, slots=True)
+class Move:
+    """One transition to record: ``source`` is None for the creation of a call or turn."""
+
+    subject: Subject
+    source: str | None
+    target: str
+    detail: Mapping[str, Any] | None = None
+
+
+def _events(moves: Sequence[Move]) -> list[dict[str, Any]]:
+    events = []
+    for move in moves:
+        at, detail = now(), dict(move.detail or {})
+        subject = move.subject
+        events.append({
+            "session_id": subject.session_id, "turn_id": subject.turn_id,
+            "call_id": subject.call_id, "entity": "turn" if subject.call_id is None else "call",
+            "from": move.source, "to": move.target, "at": at.isoformat(), "detail": detail,
+            "payload": canonical(subject, move.source, move.target, at, detail),
+        })
+    return events
+
+
+def _append_clause(tenant: str, moves: Sequence[Move]) -> Any:
+    return func.specgate_append_events(tenant, bindparam(None, _events(moves), type_=JSONB))
 
 
 def ensure_chain(conn: Connection, tenant: str) -> None:
-    """Create the tenant's chain head once; appends then need a single statement."""
+    """Create the tenant's chain head once (appends lock and advance it)."""
     stmt = pg_insert(models.AuditHead).values(
         tenant=tenant, seq=0, hash=GENESIS, prev_hash=GENESIS
     )
     conn.execute(stmt.on_conflict_do_nothing(index_elements=["tenant"]))
 
 
-def append_event(conn: Connection, subject: Subject, source: str | None, target: str,
-                 detail: Mapping[str, Any] | None = None, at: datetime | None = None) -> int:
-    at = at or now()
-    detail = dict(detail or {})
-    row = conn.execute(
-        _APPEND,
-        {
-            "tenant": subject.tenant,
-            "session_id": subject.session_id,
-            "turn_id": subject.turn_id,
-            "call_id": subject.call_id,
-            "entity": "turn" if subject.call_id is None else "call",
-            "source": source,
-            "target": target,
-            "at": at,
-            "detail": orjson.dumps(detail).decode(),
-            "payload": canonical(subject, source, target, at, detail),
-        },
-    ).first()
-    if row is None:
-        raise IllegalTransition(f"no audit chain for tenant {subject.tenant!r}")
-    return int(row.id)
+def append_events(conn: Connection, tenant: str, moves: Sequence[Move]) -> None:
+    conn.execute(select(_append_clause(tenant, moves)))
+
+
+def _with_events(conn: Connection, statement: Any, tenant: str, moves: Sequence[Move]) -> bool:
+    """Run a data-changing statement (with RETURNING) and, only if it changed a row, append
+    the moves' events — one statement, so it is atomic even without a transaction."""
+    changed = statement.cte("changed")
+    row = conn.execute(select(_append_clause(tenant, moves)).select_from(changed)).first()
+    return row is not None
+
+
+def create_row(conn: Connection, model: type[models.Base], values: Mapping[str, Any],
+               moves: Sequence[Move]) -> None:
+    """Insert a call or turn row together with its first events."""
+    table = models.table_of(model)
+    statement = insert(table).values(dict(values)).returning(table.c.id)
+    _with_events(conn, statement, moves[0].subject.tenant, moves)
+
+
+def _check(move: Move, allowed: bool) -> None:
+    if not allowed:
+        raise IllegalTransition(
+            f"{move.subject.call_id or move.subject.turn_id!r}: {move.source!r} → "
+            f"{move.target!r} not allowed"
+        )
 
 
 def transition_call(conn: Connection, subject: Subject, source: str, target: str,
                     values: Mapping[str, Any] | None = None,
                     detail: Mapping[str, Any] | None = None) -> None:
     """Move one call ``source → target`` (compare-and-set) and append its audit event."""
-    if not call_move_allowed(source, target):
-        raise IllegalTransition(f"call {subject.call_id!r}: {source!r} → {target!r} not allowed")
+    move = Move(subject, source, target, detail)
+    _check(move, call_move_allowed(source, target))
     table = models.table_of(models.Call)
-    result = conn.execute(
-        update(table)
-        .where(table.c.id == subject.call_id, table.c.status == source)
-        .values(status=target, **dict(values or {}))
-    )
-    if result.rowcount != 1:
+    statement = (update(table).where(table.c.id == subject.call_id, table.c.status == source)
+                 .values(status=target, **dict(values or {})).returning(table.c.id))
+    if not _with_events(conn, statement, subject.tenant, [move]):
         raise StaleTransition(f"call {subject.call_id!r} is no longer {source!r}")
-    append_event(conn, subject, source, target, detail)
 
 
 def transition_turn(conn: Connection, subject: Subject, source: str, target: str,
                     values: Mapping[str, Any] | None = None,
                     detail: Mapping[str, Any] | None = None) -> None:
-    if not turn_move_allowed(source, target):
-        raise IllegalTransition(f"turn {subject.turn_id!r}: {source!r} → {target!r} not allowed")
+    move = Move(subject, source, target, detail)
+    _check(move, turn_move_allowed(source, target))
     table = models.table_of(models.Turn)
-    result = conn.execute(
-        update(table)
-        .where(table.c.id == subject.turn_id, table.c.status == source)
-        .values(status=target, **dict(values or {}))
-    )
-    if result.rowcount != 1:
+    statement = (update(table).where(table.c.id == subject.turn_id, table.c.status == source)
+                 .values(status=target, **dict(values or {})).returning(table.c.id))
+    if not _with_events(conn, statement, subject.tenant, [move]):
         raise StaleTransition(f"turn {subject.turn_id!r} is no longer {source!r}")
-    append_event(conn, subject, source, target, detail)
 
 
-def record_creation(conn: Connection, subject: Subject, status: str,
-                    detail: Mapping[str, Any] | None = None) -> None:
-    """The first event of a call or turn (no source status)."""
-    append_event(conn, subject, None, status, detail)
-
-
-def _events(conn: Connection, tenant: str) -> Iterator[Any]:
+def _stored_events(conn: Connection, tenant: str) -> Iterator[Any]:
     table = models.table_of(models.CallEvent)
     yield from conn.execute(
         select(table).where(table.c.tenant == tenant).order_by(table.c.seq)
@@ -163,7 +162,7 @@ def _events(conn: Connection, tenant: str) -> Iterator[Any]:
 def verify_chain(conn: Connection, tenant: str) -> int:
     """Recompute the tenant's chain; returns the number of events, raises on a break."""
     expected_prev, count = GENESIS, 0
-    for row in _events(conn, tenant):
+    for row in _stored_events(conn, tenant):
         subject = Subject(row.tenant, row.session_id, row.turn_id, row.call_id)
         payload = canonical(subject, row.from_status, row.to_status, row.at, row.detail)
         digest = hashlib.sha256((expected_prev + payload).encode()).hexdigest()

@@ -29,10 +29,11 @@ from gateway.calls.state import CallState, TurnScope, TurnState, load_calls, loa
 from gateway.errors import Conflict, InvalidArguments
 from gateway.ledger import models
 from gateway.ledger.service import (
+    Move,
     Subject,
+    create_row,
     ensure_chain,
     now,
-    record_creation,
     transition_call,
     transition_turn,
 )
@@ -45,11 +46,10 @@ S, T = CallStatus, TurnStatus
 
 def insert_turn(conn: Connection, rt: Runtime, tenant: str, session_id: str, seq: int) -> str:
     turn_id = models.new_id("turn")
-    conn.execute(insert(models.Turn).values(
-        id=turn_id, session_id=session_id, tenant=tenant, seq=seq, status=T.OPEN,
-        expires_at=now() + timedelta(seconds=rt.settings.turn_ttl_s),
-    ))
-    record_creation(conn, Subject(tenant, session_id, turn_id), T.OPEN)
+    values = {"id": turn_id, "session_id": session_id, "tenant": tenant, "seq": seq,
+              "status": T.OPEN, "expires_at": now() + timedelta(seconds=rt.settings.turn_ttl_s)}
+    create_row(conn, models.Turn, values, [Move(Subject(tenant, session_id, turn_id), None,
+                                                T.OPEN)])
     return turn_id
 
 
