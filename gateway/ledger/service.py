@@ -13,10 +13,12 @@ import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from psycopg.types.json import Jsonb
+from sqlalchemy import Connection, Table, bindparam, func, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -87,8 +89,47 @@ def _events(moves: Sequence[Move]) -> list[dict[str, Any]]:
     return events
 
 
-def _append_clause(tenant: str, moves: Sequence[Move]) -> Any:
-    return func.specgate_append_events(tenant, bindparam(None, _events(moves), type_=JSONB))
+_APPEND_SQL = "SELECT specgate_append_events(%(tenant)s, %(events)s) FROM changed"
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _adapt(table: Table, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameters for the driver: JSONB columns wrapped (a JSON ``null`` stays SQL NULL)."""
+    return {
+        key: Jsonb(value, dumps=_dumps)
+        if value is not None and isinstance(table.c[key].type, JSONB) else value
+        for key, value in values.items()
+    }
+
+
+@lru_cache(maxsize=256)
+def _insert_sql(table_name: str, columns: tuple[str, ...]) -> str:
+    names = ", ".join(columns)
+    params = ", ".join(f"%({c})s" for c in columns)
+    return (f"WITH changed AS (INSERT INTO {table_name} ({names}) VALUES ({params}) "
+            f"RETURNING id) {_APPEND_SQL}")
+
+
+@lru_cache(maxsize=256)
+def _update_sql(table_name: str, columns: tuple[str, ...]) -> str:
+    sets = "".join(f", {c} = %({c})s" for c in columns)
+    return (f"WITH changed AS (UPDATE {table_name} SET status = %(target)s{sets} "
+            f"WHERE id = %(row_id)s AND status = %(source)s RETURNING id) {_APPEND_SQL}")
+
+
+def _run(conn: Connection, sql: str, params: dict[str, Any], tenant: str,
+         moves: Sequence[Move]) -> bool:
+    """Run a data-changing statement and, only if it changed a row, append the moves' events:
+    one statement, so it is atomic even in autocommit. The hot path of every call, so it goes
+    to the driver directly (prepared after a few uses) instead of building a Core statement."""
+    params = {**params, "tenant": tenant, "events": Jsonb(_events(moves), dumps=_dumps)}
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    row = driver.execute(sql, params).fetchone()  # type: ignore[union-attr]
+    return row is not None
 
 
 def ensure_chain(conn: Connection, tenant: str) -> None:
@@ -100,23 +141,17 @@ def ensure_chain(conn: Connection, tenant: str) -> None:
 
 
 def append_events(conn: Connection, tenant: str, moves: Sequence[Move]) -> None:
-    conn.execute(select(_append_clause(tenant, moves)))
-
-
-def _with_events(conn: Connection, statement: Any, tenant: str, moves: Sequence[Move]) -> bool:
-    """Run a data-changing statement (with RETURNING) and, only if it changed a row, append
-    the moves' events — one statement, so it is atomic even without a transaction."""
-    changed = statement.cte("changed")
-    row = conn.execute(select(_append_clause(tenant, moves)).select_from(changed)).first()
-    return row is not None
+    conn.execute(select(func.specgate_append_events(
+        tenant, bindparam(None, _events(moves), type_=JSONB))))
 
 
 def create_row(conn: Connection, model: type[models.Base], values: Mapping[str, Any],
                moves: Sequence[Move]) -> None:
     """Insert a call or turn row together with its first events."""
     table = models.table_of(model)
-    statement = insert(table).values(dict(values)).returning(table.c.id)
-    _with_events(conn, statement, moves[0].subject.tenant, moves)
+    columns = tuple(sorted(values))
+    _run(conn, _insert_sql(table.name, columns), _adapt(table, values),
+         moves[0].subject.tenant, moves)
 
 
 def _check(move: Move, allowed: bool) -> None:
@@ -127,16 +162,23 @@ def _check(move: Move, allowed: bool) -> None:
         )
 
 
+def _transition(conn: Connection, model: type[models.Base], row_id: str | None, move: Move,
+                values: Mapping[str, Any] | None) -> bool:
+    table = models.table_of(model)
+    values = dict(values or {})
+    params = {**_adapt(table, values), "target": move.target, "source": move.source,
+              "row_id": row_id}
+    sql = _update_sql(table.name, tuple(sorted(values)))
+    return _run(conn, sql, params, move.subject.tenant, [move])
+
+
 def transition_call(conn: Connection, subject: Subject, source: str, target: str,
                     values: Mapping[str, Any] | None = None,
                     detail: Mapping[str, Any] | None = None) -> None:
     """Move one call ``source → target`` (compare-and-set) and append its audit event."""
     move = Move(subject, source, target, detail)
     _check(move, call_move_allowed(source, target))
-    table = models.table_of(models.Call)
-    statement = (update(table).where(table.c.id == subject.call_id, table.c.status == source)
-                 .values(status=target, **dict(values or {})).returning(table.c.id))
-    if not _with_events(conn, statement, subject.tenant, [move]):
+    if not _transition(conn, models.Call, subject.call_id, move, values):
         raise StaleTransition(f"call {subject.call_id!r} is no longer {source!r}")
 
 
@@ -145,10 +187,7 @@ def transition_turn(conn: Connection, subject: Subject, source: str, target: str
                     detail: Mapping[str, Any] | None = None) -> None:
     move = Move(subject, source, target, detail)
     _check(move, turn_move_allowed(source, target))
-    table = models.table_of(models.Turn)
-    statement = (update(table).where(table.c.id == subject.turn_id, table.c.status == source)
-                 .values(status=target, **dict(values or {})).returning(table.c.id))
-    if not _with_events(conn, statement, subject.tenant, [move]):
+    if not _transition(conn, models.Turn, subject.turn_id, move, values):
         raise StaleTransition(f"turn {subject.turn_id!r} is no longer {source!r}")
 
 
