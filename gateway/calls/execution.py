@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from gateway.runtime import Runtime
 from gateway.tools.registry import RegisteredTool
-from gateway.turns.holder import HeldConnection, TurnHold
+from gateway.turns.holder import HeldConnection, ToolSession, TurnHold
 from tool_adapters.sdk import ToolContext, ToolError
 
 log = logging.getLogger("specgate.calls")
@@ -108,9 +108,9 @@ def hold_for(rt: Runtime, turn_id: str, adapter: str) -> tuple[TurnHold, HeldCon
 def _read_only(rt: Runtime, adapter: str, body: Callable[[Session], Any],
                timeout_s: float) -> Any:
     with rt.dbs.tool_engine(adapter).connect() as conn, conn.begin() as tx:
-        conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
-        session = Session(bind=conn, join_transaction_mode="create_savepoint")
+        conn.exec_driver_sql("SET TRANSACTION READ ONLY; "
+                             f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
+        session = ToolSession(conn)
         try:
             return body(session)
         finally:

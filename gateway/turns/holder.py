@@ -44,6 +44,24 @@ def turn_of_gid(gid: str) -> str | None:
     return parts[1] if len(parts) == 3 else None
 
 
+class ToolSession(Session):
+    """The session a tool gets: it joins the transaction the gateway holds and may not end it.
+
+    The gateway brackets every call with its own savepoint, so the session adds none (two
+    round trips fewer per call); in exchange ``commit``/``rollback`` from tool code, which
+    would end or wipe the whole turn, are refused. ``close`` leaves the transaction as it is.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        super().__init__(bind=conn, join_transaction_mode="rollback_only", autoflush=True)
+
+    def commit(self) -> None:
+        raise RuntimeError("a tool must not commit: the gateway commits the turn")
+
+    def rollback(self) -> None:
+        raise RuntimeError("a tool must not roll back: raise ToolRetry or ToolFailed instead")
+
+
 class HeldConnection:
     """One database's part of a turn transaction."""
 
@@ -66,7 +84,10 @@ class HeldConnection:
         )
 
     def execute(self, statement: str) -> None:
-        self.conn.exec_driver_sql(statement)
+        """A parameterless statement (or several, ``;``-separated) straight to the driver."""
+        driver = self.conn.connection.driver_connection
+        assert driver is not None
+        driver.execute(statement)  # type: ignore[union-attr]
 
     def close(self) -> None:
         if self.prepared:
@@ -117,18 +138,17 @@ class TurnHold:
             keep: bool, timeout_s: float) -> T:
         """Run ``fn`` in a savepoint named after the call; keep the effect or roll it back."""
         savepoint = f"sp_{call_id}"
-        held.execute(f'SAVEPOINT "{savepoint}"')
-        held.execute(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
-        session = Session(bind=held.conn, join_transaction_mode="create_savepoint")
+        held.execute(f'SAVEPOINT "{savepoint}"; '
+                     f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
+        session = ToolSession(held.conn)
         try:
             value = fn(session)
-            session.commit()
+            session.flush()
         except BaseException:
-            session.rollback()
+            session.close()
             held.execute(f'ROLLBACK TO SAVEPOINT "{savepoint}"')
             raise
-        finally:
-            session.close()
+        session.close()
         if not keep:
             held.execute(f'ROLLBACK TO SAVEPOINT "{savepoint}"')
         self.entries.append(_Entry(call_id, held.url, savepoint, keep))

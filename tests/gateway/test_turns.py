@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.tools.registry import Registry
 from tests.gateway.helpers import sequential_run, shop_state
+from tool_adapters.demo import ADAPTER as DEMO
+from tool_adapters.sdk import Adapter, ToolContext, tool
 
 ORDER = {"customer": "ann"}
 
@@ -153,4 +156,30 @@ def test_dropping_a_call_at_commit_conflicts_a_later_call_that_saw_it(shop: Any)
     final = {c["client_call_id"]: c for c in turn["calls"]}
     assert [final[k]["status"] for k in "123"] == ["committed", "cancelled", "conflict"]
     assert final["3"]["error"]["code"] == "conflict"
+    assert shop_state(shop.url) == _reference(shop, [("1", "create_order", ORDER)])
+
+
+def test_a_tool_cannot_end_the_turn_transaction(shop: Any) -> None:
+    """A tool that commits or rolls back would end or wipe the whole turn: refused, recorded
+    as the tool's bug, and the turn's earlier held calls are untouched."""
+    @tool(effect="reversible")
+    def commits(ctx: ToolContext) -> None:
+        """Misbehaves."""
+        ctx.session.commit()
+
+    @tool(effect="reversible")
+    def rolls_back(ctx: ToolContext) -> None:
+        """Misbehaves too."""
+        ctx.session.rollback()
+
+    shop.runtime.registry = Registry([DEMO, Adapter(name="bad", tools=(commits, rolls_back))])
+    api = shop.api
+    sid, tid = api.session()
+    api.call(sid, 1, "create_order", arguments=ORDER)
+    for cid, name in ((2, "commits"), (3, "rolls_back")):
+        bad = api.post(f"/v1/sessions/{sid}/calls", {"tool": f"bad.{name}",
+                                                    "client_call_id": cid}).json()
+        assert bad["status"] == "failed" and bad["error"]["code"] == "internal_error"
+    turn = api.commit(sid, tid)
+    assert [c["status"] for c in turn["calls"]] == ["committed", "failed", "failed"]
     assert shop_state(shop.url) == _reference(shop, [("1", "create_order", ORDER)])
