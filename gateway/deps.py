@@ -58,8 +58,10 @@ class Idempotent:
 
 async def idempotent(request: Request, rt: RuntimeDep, principal: CurrentKey,
                      idempotency_key: Annotated[str | None, Header()] = None) -> Idempotent:
-    body = await request.body()
-    digest = idempotency.fingerprint(request.method, request.url.path, body)
+    digest = ""
+    if idempotency_key is not None:
+        body = await request.body()
+        digest = idempotency.fingerprint(request.method, request.url.path, body)
     return Idempotent(rt, principal.tenant, idempotency_key, digest)
 
 

@@ -76,7 +76,9 @@ def open_next_turn(rt: Runtime, tenant: str, session_id: str) -> str:
 
 
 def _move_turn(rt: Runtime, turn: TurnState, target: str, **values: Any) -> None:
-    with rt.dbs.ledger.begin() as conn:
+    """One statement in autocommit: ``open → committing`` arbitrates at once (visibility does
+    not wait for the WAL flush, and a server crash before the decision aborts the turn)."""
+    with rt.dbs.ledger_fast.connect() as conn:
         transition_turn(conn, turn.subject, turn.status, target, values)
     turn.status = target
 
@@ -159,14 +161,18 @@ def _decide(rt: Runtime, scope: TurnScope, outcomes: dict[str, dict[str, Any]]) 
     if hold is not None and hold.connections:
         hold.commit(rt.dbs.ledger, marker)
         return
-    with rt.dbs.ledger.begin() as conn:
+    # Nothing held, no effect to make durable: the decision needs no WAL-flush wait either.
+    with rt.dbs.ledger_fast.connect() as conn:
         conn.execute(pg_insert(models.CommitMarker).values(**marker, gid=None))
 
 
 def finalize(rt: Runtime, scope: TurnScope, outcomes: dict[str, dict[str, Any]]) -> None:
-    """After the decision: mark every decided call and the turn in one ledger transaction."""
+    """After the decision: mark every decided call and the turn in one ledger transaction.
+    It does not wait for the WAL flush: the durable commit marker holds the same outcomes, and
+    the reconciler finishes from it after a crash."""
     at = now()
     with rt.dbs.ledger.begin() as conn:
+        conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
         for call in scope.calls:
             outcome = outcomes.get(call.id)
             if outcome is None or not call.live:

@@ -1,0 +1,1 @@
+"""Benchmarks of the gateway, run by ``specgate bench …`` (see ``gateway_bench``)."""

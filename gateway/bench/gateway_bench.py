@@ -1,0 +1,202 @@
+"""``specgate bench gateway``: what a tool call costs alone, through the gateway, held, and
+committed — at several concurrencies, measured side by side in one run on one machine.
+
+Why one run: latency figures from different runs (or machines) are not comparable, and the
+gateway's overhead is a difference of two of them. The client, the gateway and Postgres share
+the machine's CPUs, so at high concurrency the client's own work is part of what is measured;
+the report says so and records the CPU used per call by the client and by the gateway.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import psutil
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy import Engine
+
+from gateway.bench import harness, report
+from gateway.bench.runner import Worker, run_phase
+from gateway.bench.scenarios import (
+    CALLS_PER_TURN,
+    BenchSession,
+    commit_step,
+    direct_step,
+    reversible_step,
+    safe_step,
+)
+from gateway.bench.stats import Summary, summarize
+from gateway.config import Settings
+from gateway.localserver import LocalGateway
+
+SCENARIOS = ("direct", "safe", "reversible", "commit")
+DEFAULT_CALLS = 200
+DEFAULT_TOTAL_AT_CONCURRENCY = 160
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the command line chose (``calls`` None: scaled by concurrency)."""
+
+    sessions: list[int] = field(default_factory=lambda: [1, 32])
+    calls: int | None = None
+    out: Path | None = None
+    home: Path = Path(".specgate/bench")
+
+    def calls_at(self, sessions: int) -> int:
+        """Per session and scenario: 200 alone, fewer at concurrency, where each sample costs
+        up to 7 requests (the commit scenario) and a default run must stay near 2 minutes."""
+        if self.calls is not None:
+            return self.calls
+        return DEFAULT_CALLS if sessions == 1 else max(5, DEFAULT_TOTAL_AT_CONCURRENCY // sessions)
+
+    def warmup_at(self, sessions: int) -> int:
+        """Untimed steps per session before the window: enough to open connections and fill
+        caches; at concurrency the server is already warm from the earlier phases."""
+        return max(1, min(10, self.calls_at(sessions) // 4) // sessions)
+
+
+def parse_sessions(text: str) -> list[int]:
+    """``"1,32"`` → ``[1, 32]``; refuses anything but positive integers."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from error
+    if not values or min(values) < 1:
+        raise ValueError(f"expected positive integers, got {text!r}")
+    return sorted(set(values))
+
+
+@dataclass
+class _Run:
+    """Everything the phases share while the gateway is up."""
+
+    gateway: LocalGateway
+    sessions: list[BenchSession]
+    engine: Engine
+    progress: Progress
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def server_cpu(self) -> float:
+        assert self.gateway.process is not None
+        cpu = psutil.Process(self.gateway.process.pid).cpu_times()
+        return float(cpu.user + cpu.system)
+
+
+def _workers(run: _Run, scenario: str, count: int) -> list[Worker]:
+    chosen = run.sessions[:count]
+    if scenario == "direct":
+        return [Worker(partial(direct_step, run.engine, s.order_id)) for s in chosen]
+    step = {"safe": safe_step, "reversible": reversible_step, "commit": commit_step}[scenario]
+    return [Worker(partial(step, s), s.settle) for s in chosen]
+
+
+def _measure(run: _Run, options: Options) -> list[Summary]:
+    """Every scenario at every concurrency, in a fixed order, one progress bar each."""
+    tasks = {(sc, n): run.progress.add_task(f"{report.LABELS[sc]} ×{n}", start=False,
+                                            total=n * options.calls_at(n))
+             for n in options.sessions for sc in SCENARIOS}
+    summaries = []
+    for n in options.sessions:
+        for scenario in SCENARIOS:
+            run.progress.start_task(tasks[scenario, n])
+            advance: Callable[[], None] = partial(run.progress.advance, tasks[scenario, n])
+            phase = run_phase(scenario, _workers(run, scenario, n), calls=options.calls_at(n),
+                              warmup=options.warmup_at(n), advance=advance, stop=run.stop,
+                              server_cpu=None if scenario == "direct" else run.server_cpu)
+            summaries.append(summarize(phase))
+    return summaries
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console)
+
+
+@contextmanager
+def _gateway_up(settings: Settings, url: str, tool_url: str, key: str,
+                options: Options, console: Console) -> Iterator[_Run]:
+    """Start the server, the sessions and the direct engine; tear all down on any exit,
+    Ctrl-C included."""
+    from gateway.db import make_engine
+
+    most = max(options.sessions)
+    log_path = settings.home.resolve() / "bench-gateway.log"
+    gateway = harness.start_gateway(settings, url, log_path, held=max(64, 2 * most))
+    engine = make_engine(tool_url, pool_size=most, max_overflow=0)
+    sessions: list[BenchSession] = []
+    try:
+        for i in range(most):  # one by one: create_order numbers orders by counting them
+            sessions.append(BenchSession.connect(gateway.url, key, harness.bench_sku(i)).open())
+        with _progress(console) as progress:
+            yield _Run(gateway, sessions, engine, progress)
+    finally:
+        for session in sessions:
+            session.http.close()
+        engine.dispose()
+        gateway.stop()
+
+
+def run_benchmark(settings: Settings, options: Options,
+                  console: Console | None = None) -> dict[str, Any]:
+    """Set up, measure, print the table, write ``bench_gateway.json``; returns the report."""
+    console = console or Console()
+    settings = harness.bench_settings(settings, options.home)
+    with console.status("preparing the database…"):
+        url, tool_url = harness.prepare_database(settings, max(options.sessions))
+        key = harness.create_app_key(url)
+        machine = harness.machine_info(url)
+    with _gateway_up(settings, url, tool_url, key, options, console) as run:
+        summaries = _measure(run, options)
+        orders = [s.order_id for s in run.sessions]
+        committed = sum(s.committed_adds for s in run.sessions)
+    result = report.build(summaries, machine, options_as_dict(options, settings),
+                          orders=orders, committed_adds=committed)
+    report.render(console, result)
+    if options.out is not None:
+        path = report.write(result, options.out)
+        console.print(f"wrote {path}")
+    return result
+
+
+def options_as_dict(options: Options, settings: Settings) -> dict[str, Any]:
+    """What was run, for the JSON: a figure means little without its sample size."""
+    return {
+        "sessions": options.sessions,
+        "calls": {str(n): options.calls_at(n) for n in options.sessions},
+        "warmup": {str(n): options.warmup_at(n) for n in options.sessions},
+        "calls_per_turn": CALLS_PER_TURN,
+        "database": "embedded" if settings.embedded else "configured",
+        "home": str(settings.home.resolve()),
+    }
+
+
+def main(sessions: str, calls: int | None, out: str | None, home: str,
+         console: Console | None = None) -> dict[str, Any]:
+    """Entry of the CLI command (kept here so ``gateway/cli.py`` needs only a lazy import)."""
+    from gateway.config import get_settings
+
+    try:
+        chosen = parse_sessions(sessions)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--sessions") from error
+    if calls is not None and calls < 1:
+        raise typer.BadParameter(f"must be at least 1, got {calls}", param_hint="--calls")
+    options = Options(sessions=chosen, calls=calls, out=Path(out) if out else None,
+                      home=Path(home))
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    return run_benchmark(get_settings(), options, console)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so the gateway child is stopped rather than orphaned."""
+    raise SystemExit(128 + signum)

@@ -1,0 +1,139 @@
+"""The benchmark's report: derived figures and targets, the rich table, and the JSON file."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from gateway.bench.stats import Summary
+
+LABELS = {
+    "direct": "direct get_order",
+    "safe": "safe call (get_order)",
+    "reversible": "held call (add_item)",
+    "commit": "commit, 5 held calls",
+}
+OVERHEAD_LABEL = "overhead safe−direct"
+OVERHEAD_TARGET_MS = 2.0
+COMMIT_TARGET_MS = 10.0
+JSON_NAME = "bench_gateway.json"
+NOTES = [
+    "client, gateway and Postgres share this machine's CPUs: at high concurrency the "
+    "client's own work competes with what it measures",
+    "direct = the tool function in this process (pooled connection, read-only transaction, "
+    "rolled back); the others = HTTP on loopback to a real gateway, keep-alive, one "
+    "connection and one thread per session",
+    "calls/s = sessions / mean latency (closed loop, Little's law)",
+    "each session adds its own product (session 1: 'filter', the others a copy of it): a held "
+    "add_item locks its product row until commit, so a shared one would measure that queue",
+    "gw CPU = the gateway process's CPU per measured operation, including the untimed "
+    "requests of its step (a turn commit + reopen every 5 calls; for a commit, its 5 "
+    "add_items and the reopen)",
+]
+
+
+def _by(summaries: list[Summary], scenario: str) -> dict[int, Summary]:
+    return {s.sessions: s for s in summaries if s.scenario == scenario}
+
+
+def derived(summaries: list[Summary]) -> dict[str, list[dict[str, Any]]]:
+    """Gateway overhead (safe p50 − direct p50) and the commit target, per concurrency."""
+    direct, safe, commit = (_by(summaries, k) for k in ("direct", "safe", "commit"))
+    overhead = [
+        {"sessions": n, "p50_ms": safe[n].p50_ms - direct[n].p50_ms,
+         "target_ms": OVERHEAD_TARGET_MS,
+         "ok": safe[n].p50_ms - direct[n].p50_ms <= OVERHEAD_TARGET_MS}
+        for n in sorted(set(direct) & set(safe))
+    ]
+    commits = [
+        {"sessions": n, "p50_ms": c.p50_ms, "target_ms": COMMIT_TARGET_MS,
+         "ok": c.p50_ms <= COMMIT_TARGET_MS}
+        for n, c in sorted(commit.items())
+    ]
+    return {"gateway_overhead": overhead, "commit_5_held": commits}
+
+
+def build(summaries: list[Summary], machine: dict[str, Any], options: dict[str, Any], *,
+          orders: list[str], committed_adds: int) -> dict[str, Any]:
+    """The whole report as JSON-ready data (also what ``run_benchmark`` returns)."""
+    return {
+        "benchmark": "gateway",
+        "finished_at": datetime.now(UTC).isoformat(),
+        "machine": machine,
+        "options": options,
+        "results": [s.as_dict() for s in summaries],
+        "derived": derived(summaries),
+        "orders": orders,
+        "held_add_items_committed": committed_adds,
+        "notes": NOTES,
+    }
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:.1f}"
+
+
+def _mark(entry: dict[str, Any]) -> str:
+    sign = "[green]✓[/]" if entry["ok"] else "[red]✗[/]"
+    return f"≤{entry['target_ms']:g}ms {sign}"
+
+
+def _table() -> Table:
+    table = Table(title="specgate bench gateway (latency in ms)", title_justify="left",
+                  box=box.SIMPLE_HEAD, padding=(0, 0, 0, 1), show_edge=False)
+    table.add_column("scenario", no_wrap=True)
+    for name in ("sess", "n", "p50", "p99", "calls/s", "gw CPU"):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("target", no_wrap=True)
+    return table
+
+
+def _rows(table: Table, result: dict[str, Any]) -> None:
+    commit_marks = {e["sessions"]: _mark(e) for e in result["derived"]["commit_5_held"]}
+    for scenario, label in LABELS.items():
+        rows = [r for r in result["results"] if r["scenario"] == scenario]
+        for i, r in enumerate(rows):
+            target = commit_marks.get(r["sessions"], "") if scenario == "commit" else ""
+            table.add_row(label if i == 0 else "", str(r["sessions"]), str(r["n"]),
+                          _ms(r["p50_ms"]), _ms(r["p99_ms"]), f"{r['calls_per_s']:.0f}",
+                          _ms(r["server_cpu_ms_per_call"]), target,
+                          end_section=i == len(rows) - 1)
+    for i, e in enumerate(result["derived"]["gateway_overhead"]):
+        table.add_row(OVERHEAD_LABEL if i == 0 else "", str(e["sessions"]), "",
+                      _ms(e["p50_ms"]), "", "", "", _mark(e))
+
+
+def render(console: Console, result: dict[str, Any]) -> None:
+    """One table: each scenario at each concurrency, then the derived overhead, then notes."""
+    table = _table()
+    _rows(table, result)
+    console.print(table)
+    m = result["machine"]
+    console.print(f"[dim]{m['cpu_count']} CPUs ({m['cpu_model']}), Python {m['python']}, "
+                  f"Postgres {m['postgres']}; client CPU per call: "
+                  f"{_client_cpu(result)}[/]")
+    for note in NOTES:
+        console.print(f"[dim]• {note}[/]")
+
+
+def _client_cpu(result: dict[str, Any]) -> str:
+    """The benchmark process's CPU per HTTP scenario call, by concurrency (what it took from
+    the gateway and Postgres)."""
+    parts = [f"{r['client_cpu_ms_per_call']:.1f} ms ({r['scenario']} ×{r['sessions']})"
+             for r in result["results"] if r["scenario"] == "safe"]
+    return ", ".join(parts)
+
+
+def write(result: dict[str, Any], out: Path) -> Path:
+    """Write the report as ``<out>/bench_gateway.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / JSON_NAME
+    path.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return path

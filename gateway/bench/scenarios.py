@@ -1,0 +1,146 @@
+"""The four measured operations, each as a per-session step that returns only its timed span.
+
+A step may issue untimed requests around the timed one (rolling over to a fresh turn, issuing
+the calls a commit will hold), so every scenario measures exactly one operation while turns
+stay the size of a real voice turn: a turn that kept growing would make each request reload
+an ever longer call list and measure that instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from tool_adapters.demo import ADAPTER
+from tool_adapters.sdk import ToolContext
+
+CALLS_PER_TURN = 5
+"""Timed calls per turn in the call scenarios, and held calls per turn in the commit one."""
+
+
+class BenchError(RuntimeError):
+    """The gateway answered something a correct run never sees; the figures would be wrong."""
+
+
+@dataclass
+class BenchSession:
+    """One gateway session, driven by one thread over one keep-alive HTTP connection."""
+
+    http: httpx.Client
+    sku: str
+    sid: str = ""
+    tid: str = ""
+    order_id: str = ""
+    cid: int = 0
+    in_turn: int = 0
+    pending_adds: int = 0
+    committed_adds: int = 0
+
+    @classmethod
+    def connect(cls, base_url: str, key: str, sku: str) -> BenchSession:
+        headers = {"Authorization": f"Bearer {key}"}
+        return cls(httpx.Client(base_url=base_url, headers=headers, timeout=60.0), sku)
+
+    def post(self, path: str, body: dict[str, Any], expect: int) -> dict[str, Any]:
+        response = self.http.post(path, json=body)
+        if response.status_code != expect:
+            raise BenchError(f"POST {path} answered {response.status_code}, expected {expect}: "
+                             f"{response.text[:500]}")
+        data: dict[str, Any] = response.json()
+        return data
+
+    def call(self, tool: str, arguments: dict[str, Any], expect: str) -> dict[str, Any]:
+        """Issue a call in the open turn and check the status it settled in."""
+        self.cid += 1
+        self.in_turn += 1
+        body = {"tool": f"demo.{tool}", "client_call_id": self.cid, "arguments": arguments}
+        call = self.post(f"/v1/sessions/{self.sid}/calls", body, 201)
+        if call["status"] != expect:
+            raise BenchError(f"demo.{tool} settled as {call['status']!r}, expected {expect!r}: "
+                             f"{call.get('error')}")
+        return call
+
+    def commit(self) -> None:
+        turn = self.post(f"/v1/sessions/{self.sid}/turns/{self.tid}/commit", {}, 200)
+        if turn["status"] != "committed":
+            raise BenchError(f"turn {self.tid} ended {turn['status']!r}: {turn.get('error')}")
+        self.committed_adds += self.pending_adds
+        self.pending_adds = 0
+
+    def next_turn(self) -> None:
+        self.tid = self.post(f"/v1/sessions/{self.sid}/turns", {}, 201)["id"]
+        self.in_turn = 0
+
+    def settle(self) -> None:
+        """Commit whatever the open turn holds and open a fresh one (between phases)."""
+        if self.in_turn:
+            self.commit()
+            self.next_turn()
+
+    def open(self) -> BenchSession:
+        """Create the session and its order (committed), leaving an empty turn open."""
+        created = self.post("/v1/sessions", {"metadata": {"bench": "gateway"}}, 201)
+        self.sid, self.tid = created["id"], created["turns"][0]["id"]
+        order = self.call("create_order", {"customer": "bench"}, expect="held")
+        self.order_id = order["result"]["order_id"]
+        self.commit()
+        self.next_turn()
+        return self
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def direct_step(engine: Engine, order_id: str) -> float:
+    """The tool alone: pooled connection, read-only transaction, invoke, roll back."""
+    spec = ADAPTER.tool("get_order")
+    start = time.perf_counter()
+    with engine.connect() as conn, conn.begin() as tx:
+        conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+        db = Session(bind=conn)
+        ctx = ToolContext(call_id="bench", idempotency_key="bench", tenant="bench",
+                          session_id="bench", turn_id="bench", db=db)
+        try:
+            spec.invoke(ctx, {"order_id": order_id})
+        finally:
+            db.close()
+            tx.rollback()
+    return time.perf_counter() - start
+
+
+def safe_step(s: BenchSession) -> float:
+    """One ``get_order`` through the gateway (a read in a read-only transaction)."""
+    if s.in_turn >= CALLS_PER_TURN:
+        s.settle()
+    return _timed(lambda: s.call("get_order", {"order_id": s.order_id}, expect="succeeded"))
+
+
+def reversible_step(s: BenchSession) -> float:
+    """One ``add_item`` through the gateway, held in the turn transaction until commit."""
+    if s.in_turn >= CALLS_PER_TURN:
+        s.settle()
+    arguments = {"order_id": s.order_id, "sku": s.sku, "quantity": 1}
+    elapsed = _timed(lambda: s.call("add_item", arguments, expect="held"))
+    s.pending_adds += 1
+    return elapsed
+
+
+def commit_step(s: BenchSession) -> float:
+    """The commit of a turn holding ``CALLS_PER_TURN`` add_items (issued and reopened untimed)."""
+    s.settle()
+    arguments = {"order_id": s.order_id, "sku": s.sku, "quantity": 1}
+    for _ in range(CALLS_PER_TURN):
+        s.call("add_item", arguments, expect="held")
+        s.pending_adds += 1
+    elapsed = _timed(s.commit)
+    s.next_turn()
+    return elapsed

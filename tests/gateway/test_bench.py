@@ -1,0 +1,107 @@
+"""``specgate bench gateway`` with tiny numbers against the test database: every scenario at
+every concurrency yields sane figures, and the held calls it made were really committed.
+
+No timing thresholds: machines are noisy, so only the shape and consistency of the figures and
+the effects in the database are checked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.pool import NullPool
+from typer.testing import CliRunner
+
+from gateway.bench.gateway_bench import SCENARIOS, Options, parse_sessions, run_benchmark
+from gateway.bench.report import JSON_NAME
+from gateway.bench.stats import percentiles
+from tests.conftest import make_settings
+from tool_adapters.demo import schema as shop
+
+SESSIONS = [1, 2]
+CALLS = 5
+
+
+@pytest.fixture(scope="module")
+def bench(pg_home: Path, ledger_url: str,
+          tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One small run, shared by the tests below (it starts a real gateway server)."""
+    out = tmp_path_factory.mktemp("bench-out")
+    options = Options(sessions=SESSIONS, calls=CALLS, out=out, home=pg_home)
+    returned = run_benchmark(make_settings(pg_home, ledger_url), options,
+                             Console(width=100, record=True))
+    written = json.loads((out / JSON_NAME).read_text())
+    assert written["results"] == returned["results"]
+    return {"report": written, "options": options, "url": ledger_url}
+
+
+def _finite_positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def test_every_scenario_at_every_concurrency_has_sane_figures(bench: dict[str, Any]) -> None:
+    results = bench["report"]["results"]
+    assert {(r["scenario"], r["sessions"]) for r in results} == {
+        (s, n) for s in SCENARIOS for n in SESSIONS}
+    for r in results:
+        where = f"{r['scenario']} ×{r['sessions']}"
+        assert r["n"] == CALLS * r["sessions"], where
+        assert _finite_positive(r["p50_ms"]) and _finite_positive(r["p99_ms"]), where
+        assert r["p50_ms"] <= r["p99_ms"] <= r["max_ms"], where
+        assert _finite_positive(r["calls_per_s"]), where
+        assert (r["server_cpu_ms_per_call"] is None) == (r["scenario"] == "direct"), where
+
+
+def test_derived_figures_and_machine_info(bench: dict[str, Any]) -> None:
+    report = bench["report"]
+    by = {(r["scenario"], r["sessions"]): r for r in report["results"]}
+    overhead = report["derived"]["gateway_overhead"]
+    assert [e["sessions"] for e in overhead] == SESSIONS
+    for entry in overhead:
+        n = entry["sessions"]
+        assert entry["p50_ms"] == pytest.approx(by["safe", n]["p50_ms"] - by["direct", n]["p50_ms"])
+        assert entry["ok"] == (entry["p50_ms"] <= entry["target_ms"])
+    assert [e["sessions"] for e in report["derived"]["commit_5_held"]] == SESSIONS
+    machine = report["machine"]
+    assert machine["cpu_count"] >= 1 and machine["python"] and machine["postgres"]
+
+
+def test_held_calls_were_committed(bench: dict[str, Any]) -> None:
+    """Every add_item the run issued (warm-up included) is in the orders after the run."""
+    report, options = bench["report"], bench["options"]
+    per_step = {n: options.warmup_at(n) + options.calls_at(n) for n in SESSIONS}
+    # reversible: one add_item per step; commit: five per step; sessions[:n] at level n
+    expected = sum(n * per_step[n] * (1 + 5) for n in SESSIONS)
+    assert report["held_add_items_committed"] == expected
+    engine = create_engine(bench["url"], poolclass=NullPool)
+    with engine.connect() as conn:
+        total = conn.execute(select(func.sum(shop.order_items.c.quantity)).where(
+            shop.order_items.c.order_id.in_(report["orders"]))).scalar()
+    engine.dispose()
+    assert len(set(report["orders"])) == max(SESSIONS)
+    assert total == expected
+
+
+def test_percentiles_and_options() -> None:
+    assert percentiles([5.0]) == (5.0, 5.0)
+    p50, p99 = percentiles([float(x) for x in range(1, 101)])
+    assert p50 == pytest.approx(50.5) and 99 < p99 <= 100
+    assert parse_sessions("32, 1,1") == [1, 32]
+    with pytest.raises(ValueError):
+        parse_sessions("0,4")
+    defaults = Options()
+    assert defaults.calls_at(1) == 200 and defaults.calls_at(32) < 200
+
+
+def test_command_is_registered() -> None:
+    from gateway.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "gateway", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--sessions" in result.output and "--calls" in result.output
