@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from sqlalchemy import text
 
@@ -37,6 +38,30 @@ _CLAIM = text(
 )
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class LruDict(OrderedDict[K, V]):
+    """A dict that forgets its least recently used entries past ``bound``."""
+
+    def __init__(self, bound: int) -> None:
+        super().__init__()
+        self.bound = bound
+
+    def get(self, key: K, default: V | None = None) -> V | None:  # type: ignore[override]
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        return default
+
+    def __setitem__(self, key: K, value: V) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.bound:
+            self.popitem(last=False)
+
+
 def default_gateway_id(port: int | None = None) -> str:
     """Stable across restarts of the same server, so a restarted gateway recognises the
     sessions its previous life owned and recovers them at once."""
@@ -53,11 +78,12 @@ class Runtime:
     _locks: defaultdict[str, threading.RLock] = field(
         default_factory=lambda: defaultdict(threading.RLock)
     )
-    _owned: dict[str, str] = field(default_factory=dict)  # session id → tenant
+    # Both caches are bounded: an evicted session is claimed or read again on its next request.
+    _owned: LruDict[str, str] = field(default_factory=lambda: LruDict(100_000))  # id → tenant
     # The latest turn of each owned session, as the ledger has it: the services keep it in
     # step as they write (they are the only writers while this gateway owns the session), so a
     # request does not read the turn's calls again. Dropped on any error or outside write.
-    scopes: dict[str, TurnScope] = field(default_factory=dict)
+    scopes: LruDict[str, TurnScope] = field(default_factory=lambda: LruDict(10_000))
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
