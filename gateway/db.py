@@ -9,9 +9,12 @@ that bound rather than request concurrency.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
+import psycopg
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 
@@ -72,6 +75,28 @@ class Databases:
         )
         self._tool_engines: dict[str, Engine] = {}
         self._lock = threading.Lock()
+        self._local = threading.local()
+        self._fast_conns: list[psycopg.Connection[Any]] = []
+        self._fast_dsn = make_url(self.ledger_url).set(drivername="postgresql").render_as_string(
+            hide_password=False)
+
+    @contextmanager
+    def fast(self) -> Iterator[psycopg.Connection[Any]]:
+        """This thread's own autocommit connection to the ledger, for the one-statement writes
+        of every call (no pool checkout on the hot path). Dropped after a connection error."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = psycopg.connect(self._fast_dsn, autocommit=True,
+                                   options="-c synchronous_commit=off")
+            self._local.conn = conn
+            with self._lock:
+                self._fast_conns.append(conn)
+        try:
+            yield conn
+        except psycopg.OperationalError:
+            conn.close()
+            self._local.conn = None
+            raise
 
     def tool_url(self, adapter: str) -> str:
         return self.settings.tool_database_urls.get(adapter, self.ledger_url)
@@ -92,5 +117,7 @@ class Databases:
     def dispose(self) -> None:
         self.ledger.dispose()
         self.ledger_fast.dispose()
+        for conn in self._fast_conns:
+            conn.close()
         for engine in self._tool_engines.values():
             engine.dispose()

@@ -130,7 +130,7 @@ def _insert(rt: Runtime, scope: TurnScope, tool: RegisteredTool, request: IssueC
         moves.append(Move(call.subject, S.PROPOSED, S.RUNNING))
     row = {k: v for k, v in vars(call).items()
            if k not in {"finished_at", "decided_at", "expires_at"}}
-    with rt.dbs.ledger_fast.connect() as conn:
+    with rt.dbs.fast() as conn:
         create_row(conn, models.Call, row, moves)
     metrics.call_moved(call.effect, S.PROPOSED)
     if running:
@@ -143,7 +143,7 @@ def move(rt: Runtime, call: CallState, target: str, detail: dict[str, Any] | Non
          **values: Any) -> None:
     """Transition one call in its own ledger transaction and mirror it in memory. These are
     the states of a still-open turn, written without waiting for the WAL flush (see db.py)."""
-    with rt.dbs.ledger_fast.connect() as conn:
+    with rt.dbs.fast() as conn:
         transition_call(conn, call.subject, call.status, target, values, detail)
     metrics.call_moved(call.effect, target)
     call.status = target

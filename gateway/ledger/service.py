@@ -17,6 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
+import psycopg
 from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, Table, bindparam, func, select
 from sqlalchemy.dialects.postgresql import JSONB
@@ -26,6 +27,7 @@ from gateway.ledger import models
 from gateway.ledger.states import call_move_allowed, turn_move_allowed
 
 GENESIS = "0" * 64
+LedgerConn = Connection | psycopg.Connection[Any]
 
 
 class StaleTransition(Exception):
@@ -120,16 +122,22 @@ def _update_sql(table_name: str, columns: tuple[str, ...]) -> str:
             f"WHERE id = %(row_id)s AND status = %(source)s RETURNING id) {_APPEND_SQL}")
 
 
-def _run(conn: Connection, sql: str, params: dict[str, Any], tenant: str,
+def _run(conn: LedgerConn, sql: str, params: dict[str, Any], tenant: str,
          moves: Sequence[Move]) -> bool:
     """Run a data-changing statement and, only if it changed a row, append the moves' events:
     one statement, so it is atomic even in autocommit. The hot path of every call, so it goes
     to the driver directly (prepared after a few uses) instead of building a Core statement."""
     params = {**params, "tenant": tenant, "events": Jsonb(_events(moves), dumps=_dumps)}
+    return _driver(conn).execute(sql, params).fetchone() is not None
+
+
+def _driver(conn: LedgerConn) -> psycopg.Connection[Any]:
+    """The driver connection under a SQLAlchemy connection (or the driver connection given)."""
+    if isinstance(conn, psycopg.Connection):
+        return conn
     driver = conn.connection.driver_connection
-    assert driver is not None
-    row = driver.execute(sql, params).fetchone()  # type: ignore[union-attr]
-    return row is not None
+    assert isinstance(driver, psycopg.Connection)
+    return driver
 
 
 def ensure_chain(conn: Connection, tenant: str) -> None:
@@ -145,7 +153,7 @@ def append_events(conn: Connection, tenant: str, moves: Sequence[Move]) -> None:
         tenant, bindparam(None, _events(moves), type_=JSONB))))
 
 
-def create_row(conn: Connection, model: type[models.Base], values: Mapping[str, Any],
+def create_row(conn: LedgerConn, model: type[models.Base], values: Mapping[str, Any],
                moves: Sequence[Move]) -> None:
     """Insert a call or turn row together with its first events."""
     table = models.table_of(model)
@@ -162,7 +170,7 @@ def _check(move: Move, allowed: bool) -> None:
         )
 
 
-def _transition(conn: Connection, model: type[models.Base], row_id: str | None, move: Move,
+def _transition(conn: LedgerConn, model: type[models.Base], row_id: str | None, move: Move,
                 values: Mapping[str, Any] | None) -> bool:
     table = models.table_of(model)
     values = dict(values or {})
@@ -172,7 +180,7 @@ def _transition(conn: Connection, model: type[models.Base], row_id: str | None, 
     return _run(conn, sql, params, move.subject.tenant, [move])
 
 
-def transition_call(conn: Connection, subject: Subject, source: str, target: str,
+def transition_call(conn: LedgerConn, subject: Subject, source: str, target: str,
                     values: Mapping[str, Any] | None = None,
                     detail: Mapping[str, Any] | None = None) -> None:
     """Move one call ``source → target`` (compare-and-set) and append its audit event."""
@@ -182,7 +190,7 @@ def transition_call(conn: Connection, subject: Subject, source: str, target: str
         raise StaleTransition(f"call {subject.call_id!r} is no longer {source!r}")
 
 
-def transition_turn(conn: Connection, subject: Subject, source: str, target: str,
+def transition_turn(conn: LedgerConn, subject: Subject, source: str, target: str,
                     values: Mapping[str, Any] | None = None,
                     detail: Mapping[str, Any] | None = None) -> None:
     move = Move(subject, source, target, detail)

@@ -78,7 +78,7 @@ def open_next_turn(rt: Runtime, tenant: str, session_id: str) -> str:
 def _move_turn(rt: Runtime, turn: TurnState, target: str, **values: Any) -> None:
     """One statement in autocommit: ``open → committing`` arbitrates at once (visibility does
     not wait for the WAL flush, and a server crash before the decision aborts the turn)."""
-    with rt.dbs.ledger_fast.connect() as conn:
+    with rt.dbs.fast() as conn:
         transition_turn(conn, turn.subject, turn.status, target, values)
     turn.status = target
 
