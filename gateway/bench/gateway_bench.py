@@ -31,6 +31,7 @@ from gateway.bench.scenarios import (
     BenchSession,
     commit_step,
     direct_step,
+    http_floor_step,
     reversible_step,
     safe_step,
 )
@@ -38,7 +39,7 @@ from gateway.bench.stats import Summary, summarize
 from gateway.config import Settings
 from gateway.localserver import LocalGateway
 
-SCENARIOS = ("direct", "safe", "reversible", "commit")
+SCENARIOS = ("direct", "http_floor", "safe", "reversible", "commit")
 DEFAULT_CALLS = 200
 DEFAULT_TOTAL_AT_CONCURRENCY = 160
 
@@ -96,7 +97,8 @@ def _workers(run: _Run, scenario: str, count: int) -> list[Worker]:
     chosen = run.sessions[:count]
     if scenario == "direct":
         return [Worker(partial(direct_step, run.engine, s.order_id)) for s in chosen]
-    step = {"safe": safe_step, "reversible": reversible_step, "commit": commit_step}[scenario]
+    step = {"http_floor": http_floor_step, "safe": safe_step, "reversible": reversible_step,
+            "commit": commit_step}[scenario]
     return [Worker(partial(step, s), s.settle) for s in chosen]
 
 

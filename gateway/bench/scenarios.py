@@ -117,6 +117,17 @@ def direct_step(engine: Engine, order_id: str) -> float:
     return time.perf_counter() - start
 
 
+def http_floor_step(s: BenchSession) -> float:
+    """An authenticated ``GET /v1/tools``: HTTP, routing and auth, no database — the part of
+    every gateway call that is the web stack rather than the gateway's own work."""
+    def get() -> None:
+        response = s.http.get("/v1/tools")
+        if response.status_code != 200:
+            raise BenchError(f"GET /v1/tools answered {response.status_code}")
+
+    return _timed(get)
+
+
 def safe_step(s: BenchSession) -> float:
     """One ``get_order`` through the gateway (a read in a read-only transaction)."""
     if s.in_turn >= CALLS_PER_TURN:
