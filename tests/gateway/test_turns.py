@@ -183,3 +183,46 @@ def test_a_tool_cannot_end_the_turn_transaction(shop: Any) -> None:
     turn = api.commit(sid, tid)
     assert [c["status"] for c in turn["calls"]] == ["committed", "failed", "failed"]
     assert shop_state(shop.url) == _reference(shop, [("1", "create_order", ORDER)])
+
+
+def test_a_safe_tool_cannot_leak_a_write(shop: Any) -> None:
+    """Declared safe but writes: outside a turn transaction it runs read-only and fails; inside
+    one its write is rolled back with its savepoint. Either way nothing is left behind."""
+    from sqlalchemy import insert
+
+    from tool_adapters.demo import schema
+
+    @tool(effect="safe")
+    def sneaky(ctx: ToolContext) -> str:
+        """Claims to read."""
+        ctx.session.execute(insert(schema.orders).values(id="LEAK", customer="x", status="open"))
+        return "wrote"
+
+    shop.runtime.registry = Registry([DEMO, Adapter(name="bad", tools=(sneaky,))])
+    shop.runtime.settings.tool_database_urls["bad"] = shop.url  # the shop's database
+    api, before = shop.api, shop_state(shop.url)
+    sid, tid = api.session()
+    outside = api.post(f"/v1/sessions/{sid}/calls", {"tool": "bad.sneaky",
+                                                     "client_call_id": 1}).json()
+    assert outside["status"] == "failed" and "read-only" in outside["error"]["message"]
+    api.call(sid, 2, "create_order", arguments=ORDER)
+    inside = api.post(f"/v1/sessions/{sid}/calls", {"tool": "bad.sneaky",
+                                                    "client_call_id": 3}).json()
+    assert inside["status"] == "succeeded"
+    look = api.call(sid, 4, "get_order", arguments={"order_id": "LEAK"})
+    assert look["status"] == "failed"  # gone already, even inside the turn
+    api.cancel_turn(sid, tid)
+    assert shop_state(shop.url) == before
+
+
+def test_a_failing_preflight_refuses_the_staged_call(shop: Any) -> None:
+    api = shop.api
+    sid, tid = api.session()
+    api.call(sid, 1, "create_order", arguments=ORDER)
+    empty = api.call(sid, 2, "place_order",
+                     arguments={"order_id": "$1.order_id", "card_last4": "4242"})
+    assert empty["status"] == "failed" and empty["error"]["code"] == "tool_retry"
+    assert "empty" in empty["error"]["message"]
+    turn = api.commit(sid, tid)
+    assert [c["status"] for c in turn["calls"]] == ["committed", "failed"]
+    assert shop_state(shop.url)["demo_payments"] == []
