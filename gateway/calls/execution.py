@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import exc
 from sqlalchemy.orm import Session
 
 from gateway.runtime import Runtime
@@ -55,12 +56,23 @@ def _context(identity: CallIdentity, tool: RegisteredTool, session: Session | No
     )
 
 
+# Database refusals a caller can act on: another turn holds the rows (retry after it is
+# decided), or the tool ran past its timeout.
+_DB_ERROR_CODES = {"55P03": "busy", "40P01": "busy", "57014": "timeout"}
+
+
 def capture(fn: Callable[[], Any], tool_name: str, call_id: str) -> Outcome:
     """Run ``fn``; a tool's own errors are results, anything else is a bug kept in the ledger."""
     try:
         return Outcome(True, result=fn())
     except ToolError as error:
         return Outcome(False, error={"code": error.code, "message": error.message})
+    except exc.DBAPIError as error:
+        code = _DB_ERROR_CODES.get(getattr(error.orig, "sqlstate", None) or "")
+        if code is None:
+            log.exception("tool %r failed on the database in call %r", tool_name, call_id)
+            code = "internal_error"
+        return Outcome(False, error={"code": code, "message": str(error.orig).strip()})
     except Exception as error:  # a bug in the adapter: recorded, never a hang or a lost call
         log.exception("tool %r failed unexpectedly in call %r", tool_name, call_id)
         return Outcome(False, error={"code": "internal_error", "message": f"{error!r}"})

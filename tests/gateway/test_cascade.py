@@ -77,3 +77,21 @@ def test_read_your_writes_inside_a_turn_and_isolation_outside(shop: Any) -> None
     api.commit(sid, tid)
     seen = api.call(other_sid, 3, "get_order", arguments={"order_id": "O-ann-1"})
     assert seen["status"] == "succeeded" and seen["result"]["items"][0]["sku"] == "grinder"
+
+
+def test_a_row_held_by_another_turn_answers_busy(shop: Any) -> None:
+    """Two open turns want the last kettle: the second waits lock_timeout and is told 'busy'
+    (retry once the first turn is decided), not an internal error."""
+    api = shop.api
+    first_sid, first_tid = api.session()
+    api.call(first_sid, 1, "create_order", arguments=ANN)
+    api.call(first_sid, 2, "add_item", arguments={"order_id": "$1.order_id", "sku": "kettle"})
+    second_sid, _ = api.session()
+    api.call(second_sid, 1, "create_order", arguments=BOB)
+    waiting = api.call(second_sid, 2, "add_item",
+                       arguments={"order_id": "$1.order_id", "sku": "kettle"})
+    assert waiting["status"] == "failed" and waiting["error"]["code"] == "busy"
+    api.commit(first_sid, first_tid)
+    retry = api.call(second_sid, 3, "add_item",
+                     arguments={"order_id": "$1.order_id", "sku": "kettle"})
+    assert retry["status"] == "failed" and retry["error"]["code"] == "tool_failed"  # sold out
