@@ -7,14 +7,19 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from gateway import idempotency
 from gateway.auth.service import KeyCache, Principal
 from gateway.runtime import Runtime
 
+# Dependencies are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in the
+# threadpool, one thread hop each per request. These do no blocking work (a key lookup that
+# misses the cache goes to the threadpool explicitly).
 
-def get_runtime(request: Request) -> Runtime:
+
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -22,19 +27,22 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def current_key(request: Request, authorization: Annotated[str | None, Header()] = None
-                ) -> Principal:
+async def current_key(request: Request,
+                      authorization: Annotated[str | None, Header()] = None) -> Principal:
     keys: KeyCache = request.app.state.keys
     token = None
     if authorization and authorization.lower().startswith("bearer "):
         token = authorization[7:].strip()
-    return keys.authenticate(token)
+    cached = keys.cached(token)
+    if cached is not None:
+        return cached
+    return await run_in_threadpool(keys.authenticate, token)
 
 
 CurrentKey = Annotated[Principal, Depends(current_key)]
 
 
-def admin_key(key: CurrentKey) -> Principal:
+async def admin_key(key: CurrentKey) -> Principal:
     key.require_admin()
     return key
 

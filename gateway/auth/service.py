@@ -73,6 +73,13 @@ class KeyCache:
         self._cache: dict[str, tuple[float, Principal]] = {}
         self._lock = threading.Lock()
 
+    def cached(self, secret: str | None) -> Principal | None:
+        """The principal of a key seen recently, without touching the database."""
+        if not secret:
+            return None
+        hit = self._cache.get(hash_key(secret))
+        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
     def authenticate(self, secret: str | None) -> Principal:
         if not secret or not secret.startswith(KEY_PREFIX):
             raise Unauthorized("missing or malformed API key (Authorization: Bearer sgk_…)")
