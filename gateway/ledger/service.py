@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -122,13 +124,40 @@ def _update_sql(table_name: str, columns: tuple[str, ...]) -> str:
             f"WHERE id = %(row_id)s AND status = %(source)s RETURNING id) {_APPEND_SQL}")
 
 
+_BATCH: ContextVar[list[tuple[str, psycopg.Cursor[Any]]] | None] = ContextVar(
+    "specgate_ledger_batch", default=None)
+
+
+@contextmanager
+def batched(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Send the state changes made inside in one pipeline (one round trip, not one each);
+    their compare-and-set checks run when the block ends and raise ``StaleTransition``, so use
+    it inside a transaction that the exception rolls back."""
+    pending: list[tuple[str, psycopg.Cursor[Any]]] = []
+    token = _BATCH.set(pending)
+    try:
+        with conn.pipeline():
+            yield
+    finally:
+        _BATCH.reset(token)
+    for what, cursor in pending:
+        if cursor.fetchone() is None:
+            raise StaleTransition(f"{what} changed meanwhile")
+
+
 def _run(conn: LedgerConn, sql: str, params: dict[str, Any], tenant: str,
-         moves: Sequence[Move]) -> bool:
+         moves: Sequence[Move], what: str = "row") -> bool:
     """Run a data-changing statement and, only if it changed a row, append the moves' events:
     one statement, so it is atomic even in autocommit. The hot path of every call, so it goes
-    to the driver directly (prepared after a few uses) instead of building a Core statement."""
+    to the driver directly (prepared after a few uses) instead of building a Core statement.
+    Inside ``batched`` the check is deferred to the end of the batch."""
     params = {**params, "tenant": tenant, "events": Jsonb(_events(moves), dumps=_dumps)}
-    return _driver(conn).execute(sql, params).fetchone() is not None
+    cursor = _driver(conn).execute(sql, params)
+    pending = _BATCH.get()
+    if pending is not None:
+        pending.append((what, cursor))
+        return True
+    return cursor.fetchone() is not None
 
 
 def _driver(conn: LedgerConn) -> psycopg.Connection[Any]:
@@ -177,7 +206,8 @@ def _transition(conn: LedgerConn, model: type[models.Base], row_id: str | None, 
     params = {**_adapt(table, values), "target": move.target, "source": move.source,
               "row_id": row_id}
     sql = _update_sql(table.name, tuple(sorted(values)))
-    return _run(conn, sql, params, move.subject.tenant, [move])
+    return _run(conn, sql, params, move.subject.tenant, [move],
+                what=f"{table.name} {row_id!r} ({move.source} → {move.target})")
 
 
 def transition_call(conn: LedgerConn, subject: Subject, source: str, target: str,

@@ -31,6 +31,7 @@ from gateway.ledger import models
 from gateway.ledger.service import (
     Move,
     Subject,
+    batched,
     create_row,
     ensure_chain,
     now,
@@ -171,7 +172,7 @@ def finalize(rt: Runtime, scope: TurnScope, outcomes: dict[str, dict[str, Any]])
     It does not wait for the WAL flush: the durable commit marker holds the same outcomes, and
     the reconciler finishes from it after a crash."""
     at = now()
-    with rt.dbs.fast() as conn, conn.transaction():
+    with rt.dbs.fast() as conn, conn.transaction(), batched(conn):
         for call in scope.calls:
             outcome = outcomes.get(call.id)
             if outcome is None or not call.live:
@@ -201,7 +202,7 @@ def end_turn(rt: Runtime, scope: TurnScope, via: str | None, target: str, call_t
         hold.rollback()
     rt.holds.drop(scope.turn.id)
     at = now()
-    with rt.dbs.fast() as conn, conn.transaction():
+    with rt.dbs.fast() as conn, conn.transaction(), batched(conn):
         if via is not None:
             transition_turn(conn, scope.turn.subject, scope.turn.status, via)
             scope.turn.status = via
