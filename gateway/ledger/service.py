@@ -220,6 +220,65 @@ def transition_call(conn: LedgerConn, subject: Subject, source: str, target: str
         raise StaleTransition(f"call {subject.call_id!r} is no longer {source!r}")
 
 
+_BULK_SQL = """
+WITH v AS (
+    SELECT * FROM jsonb_to_recordset(%(rows)s) AS v(
+        id text, source text, target text, decided_at timestamptz, finished_at timestamptz,
+        result jsonb, set_result boolean, error jsonb, set_error boolean,
+        resolved_arguments jsonb, set_resolved boolean)
+), changed AS (
+    UPDATE calls c SET status = v.target, decided_at = v.decided_at,
+           finished_at = COALESCE(v.finished_at, c.finished_at),
+           result = CASE WHEN v.set_result THEN v.result ELSE c.result END,
+           error = CASE WHEN v.set_error THEN v.error ELSE c.error END,
+           resolved_arguments = CASE WHEN v.set_resolved THEN v.resolved_arguments
+                                     ELSE c.resolved_arguments END
+      FROM v WHERE c.id = v.id AND c.status = v.source
+    RETURNING c.id)
+SELECT (SELECT count(*) FROM changed) AS moved, specgate_append_events(%(tenant)s, %(events)s)
+"""
+_BULK_FIELDS = ("result", "error", "resolved_arguments")
+
+
+@dataclass(frozen=True, slots=True)
+class CallMove:
+    subject: Subject
+    source: str
+    target: str
+    values: Mapping[str, Any]  # decided_at, finished_at, result, error, resolved_arguments
+
+
+def transition_calls(conn: LedgerConn, tenant: str, moves: Sequence[CallMove]) -> None:
+    """Move many calls of one tenant in one statement, with one append of all their events
+    (the decision of a turn). Raises ``StaleTransition`` if any call was not in its expected
+    status — call it inside a transaction, which the exception then rolls back."""
+    if not moves:
+        return
+    rows = []
+    for move in moves:
+        _check(Move(move.subject, move.source, move.target), call_move_allowed(move.source,
+                                                                               move.target))
+        row: dict[str, Any] = {"id": move.subject.call_id, "source": move.source,
+                               "target": move.target,
+               "decided_at": _iso(move.values.get("decided_at")),
+               "finished_at": _iso(move.values.get("finished_at"))}
+        for name in _BULK_FIELDS:
+            row[f"set_{name.split('_')[0]}"] = name in move.values
+            row[name] = move.values.get(name)
+        rows.append(row)
+    events = _events([Move(m.subject, m.source, m.target) for m in moves])
+    moved = _driver(conn).execute(_BULK_SQL, {
+        "rows": Jsonb(rows, dumps=_dumps), "tenant": tenant,
+        "events": Jsonb(events, dumps=_dumps)}).fetchone()
+    if moved is None or moved[0] != len(moves):
+        raise StaleTransition(f"{len(moves) - (moved[0] if moved else 0)} of {len(moves)} calls "
+                              "changed meanwhile")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
 def transition_turn(conn: LedgerConn, subject: Subject, source: str, target: str,
                     values: Mapping[str, Any] | None = None,
                     detail: Mapping[str, Any] | None = None) -> None:

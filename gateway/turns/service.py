@@ -29,6 +29,7 @@ from gateway.calls.state import CallState, TurnScope, TurnState, load_calls, loa
 from gateway.errors import Conflict, InvalidArguments
 from gateway.ledger import models
 from gateway.ledger.service import (
+    CallMove,
     Move,
     Subject,
     batched,
@@ -36,6 +37,7 @@ from gateway.ledger.service import (
     ensure_chain,
     now,
     transition_call,
+    transition_calls,
     transition_turn,
 )
 from gateway.ledger.states import RESOLVED_TURN_STATUSES, CallStatus, TurnStatus
@@ -172,25 +174,29 @@ def finalize(rt: Runtime, scope: TurnScope, outcomes: dict[str, dict[str, Any]])
     It does not wait for the WAL flush: the durable commit marker holds the same outcomes, and
     the reconciler finishes from it after a crash."""
     at = now()
-    with rt.dbs.fast() as conn, conn.transaction(), batched(conn):
-        for call in scope.calls:
-            outcome = outcomes.get(call.id)
-            if outcome is None or not call.live:
-                continue
-            values: dict[str, Any] = {"decided_at": at}
-            if outcome["status"] == S.FAILED:
-                values.update(error=outcome["error"], finished_at=at)
-            elif "result" in outcome:
-                values.update(result=outcome["result"])
-            if "resolved_arguments" in outcome:
-                values["resolved_arguments"] = outcome["resolved_arguments"]
-            transition_call(conn, call.subject, call.status, outcome["status"], values)
-            metrics.call_moved(call.effect, outcome["status"])
-            call.status = outcome["status"]
-            for key, value in values.items():
-                setattr(call, key, value)
+    moves = []
+    for call in scope.calls:
+        outcome = outcomes.get(call.id)
+        if outcome is None or not call.live:
+            continue
+        values: dict[str, Any] = {"decided_at": at}
+        if outcome["status"] == S.FAILED:
+            values.update(error=outcome["error"], finished_at=at)
+        elif "result" in outcome:
+            values.update(result=outcome["result"])
+        if "resolved_arguments" in outcome:
+            values["resolved_arguments"] = outcome["resolved_arguments"]
+        moves.append(CallMove(call.subject, call.status, outcome["status"], values))
+    with rt.dbs.fast() as conn, conn.transaction():
+        transition_calls(conn, scope.turn.tenant, moves)
         transition_turn(conn, scope.turn.subject, scope.turn.status, T.COMMITTED,
                         {"decided_at": at})
+    for move in moves:
+        call = scope.by_id(move.subject.call_id or "")
+        metrics.call_moved(call.effect, move.target)
+        call.status = move.target
+        for key, value in move.values.items():
+            setattr(call, key, value)
     scope.turn.status = T.COMMITTED
 
 
