@@ -111,9 +111,6 @@ class Databases:
                 self._tool_engines[url] = engine
             return engine
 
-    def shares_ledger(self, adapter: str) -> bool:
-        return same_database(self.tool_url(adapter), self.ledger_url)
-
     def dispose(self) -> None:
         self.ledger.dispose()
         self.ledger_fast.dispose()

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import psycopg
 from psycopg.types.json import Jsonb
-from sqlalchemy import Connection, Table, bindparam, func, select
+from sqlalchemy import Connection, Table, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -175,11 +175,6 @@ def ensure_chain(conn: Connection, tenant: str) -> None:
         tenant=tenant, seq=0, hash=GENESIS, prev_hash=GENESIS
     )
     conn.execute(stmt.on_conflict_do_nothing(index_elements=["tenant"]))
-
-
-def append_events(conn: Connection, tenant: str, moves: Sequence[Move]) -> None:
-    conn.execute(select(func.specgate_append_events(
-        tenant, bindparam(None, _events(moves), type_=JSONB))))
 
 
 def create_row(conn: LedgerConn, model: type[models.Base], values: Mapping[str, Any],
