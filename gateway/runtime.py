@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections import OrderedDict, defaultdict
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -36,6 +37,22 @@ _CLAIM = text(
     RETURNING (SELECT owner_id FROM sessions WHERE id = :sid) AS previous
     """
 )
+
+
+class SessionLock:
+    """A re-entrant lock of one session; weakly referable, so it is freed when unused."""
+
+    __slots__ = ("_lock", "__weakref__")
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+
+    def __enter__(self) -> SessionLock:
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
 
 
 K = TypeVar("K")
@@ -75,8 +92,9 @@ class Runtime:
     registry: Registry
     holds: HeldTurns
     gateway_id: str
-    _locks: defaultdict[str, threading.RLock] = field(
-        default_factory=lambda: defaultdict(threading.RLock)
+    # Only sessions with a request in flight keep their lock (weak values): no growth.
+    _locks: weakref.WeakValueDictionary[str, SessionLock] = field(
+        default_factory=weakref.WeakValueDictionary
     )
     # Both caches are bounded: an evicted session is claimed or read again on its next request.
     _owned: LruDict[str, str] = field(default_factory=lambda: LruDict(100_000))  # id → tenant
@@ -101,9 +119,12 @@ class Runtime:
             gateway_id=gateway_id or default_gateway_id(),
         )
 
-    def session_lock(self, session_id: str) -> threading.RLock:
+    def session_lock(self, session_id: str) -> SessionLock:
         with self._guard:
-            return self._locks[session_id]
+            lock = self._locks.get(session_id)
+            if lock is None:
+                lock = self._locks[session_id] = SessionLock()
+            return lock
 
     def claim(self, session_id: str, tenant: str) -> str | None:
         """Own the tenant's session (idempotent); returns the previous owner when taken over.
