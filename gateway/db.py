@@ -64,15 +64,6 @@ class Databases:
         self.settings = settings
         self.ledger_url = resolve_database_url(settings)
         self.ledger = make_engine(self.ledger_url, pool_size=20, max_overflow=20)
-        # Speculative states (proposed, running, held, staged, …) are written without waiting
-        # for the WAL flush: they describe work that a server crash voids anyway, and every
-        # decision written later through ``ledger`` flushes the WAL up to and past them.
-        # Autocommit: every write through it is one statement (a state change with its audit
-        # events), so it needs no BEGIN/COMMIT round trips.
-        self.ledger_fast = make_engine(
-            self.ledger_url, pool_size=20, max_overflow=20, isolation_level="AUTOCOMMIT",
-            connect_args={"options": "-c synchronous_commit=off"},
-        )
         self._tool_engines: dict[str, Engine] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -83,7 +74,11 @@ class Databases:
     @contextmanager
     def fast(self) -> Iterator[psycopg.Connection[Any]]:
         """This thread's own autocommit connection to the ledger, for the one-statement writes
-        of every call (no pool checkout on the hot path). Dropped after a connection error."""
+        of every call (no pool checkout on the hot path). Dropped after a connection error.
+
+        Its writes do not wait for the WAL flush (``synchronous_commit=off``): they are the
+        states of still-open turns, which a server crash voids anyway, and every decision
+        written later through ``ledger`` flushes the WAL up to and past them."""
         conn = getattr(self._local, "conn", None)
         if conn is None or conn.closed:
             conn = psycopg.connect(self._fast_dsn, autocommit=True,
@@ -102,7 +97,10 @@ class Databases:
         return self.settings.tool_database_urls.get(adapter, self.ledger_url)
 
     def tool_engine(self, adapter: str) -> Engine:
-        url = self.tool_url(adapter)
+        return self.engine_for(self.tool_url(adapter))
+
+    def engine_for(self, url: str) -> Engine:
+        """The pool of turn transactions (and the reconciler) on one database URL."""
         with self._lock:
             engine = self._tool_engines.get(url)
             if engine is None:
@@ -113,7 +111,6 @@ class Databases:
 
     def dispose(self) -> None:
         self.ledger.dispose()
-        self.ledger_fast.dispose()
         for conn in self._fast_conns:
             conn.close()
         for engine in self._tool_engines.values():

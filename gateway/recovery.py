@@ -19,15 +19,12 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, create_engine, select, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.pool import NullPool
+from sqlalchemy import Connection, text
 
 from gateway.calls import service as calls_service
 from gateway.calls.state import TurnScope, load_scope
 from gateway.errors import Conflict
-from gateway.ledger import models
-from gateway.ledger.service import now
+from gateway.ledger.service import now, read_decision, write_decision
 from gateway.ledger.states import CallStatus, TurnStatus
 from gateway.runtime import Runtime
 from gateway.turns import service as turns_service
@@ -70,26 +67,20 @@ def _database_urls(rt: Runtime) -> set[str]:
     return {rt.dbs.ledger_url, *rt.settings.tool_database_urls.values()}
 
 
-def _decision(conn: Connection, turn_id: str) -> str | None:
-    table = models.table_of(models.CommitMarker)
-    return conn.execute(select(table.c.decision).where(table.c.turn_id == turn_id)).scalar()
-
-
 def _resolve_prepared(rt: Runtime, counts: dict[str, int]) -> None:
     for url in _database_urls(rt):
-        engine = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-        try:
-            with engine.connect() as conn:
-                for gid, prepared_at in prepared_gids(conn, rt.settings.gid_prefix):
-                    decision = _decide_prepared(rt, gid, prepared_at)
-                    if decision == "commit":
-                        conn.exec_driver_sql(f"COMMIT PREPARED '{gid}'")
-                        counts["committed_prepared"] += 1
-                    elif decision == "abort":
-                        conn.exec_driver_sql(f"ROLLBACK PREPARED '{gid}'")
-                        counts["rolled_back_prepared"] += 1
-        finally:
-            engine.dispose()
+        # The process's own pools, in autocommit: COMMIT/ROLLBACK PREPARED run outside a
+        # transaction, and a pass every few seconds must not open fresh connections.
+        with rt.dbs.engine_for(url).connect() as pooled:
+            conn = pooled.execution_options(isolation_level="AUTOCOMMIT")
+            for gid, prepared_at in prepared_gids(conn, rt.settings.gid_prefix):
+                decision = _decide_prepared(rt, gid, prepared_at)
+                if decision == "commit":
+                    conn.exec_driver_sql(f"COMMIT PREPARED '{gid}'")
+                    counts["committed_prepared"] += 1
+                elif decision == "abort":
+                    conn.exec_driver_sql(f"ROLLBACK PREPARED '{gid}'")
+                    counts["rolled_back_prepared"] += 1
 
 
 def _decide_prepared(rt: Runtime, gid: str, prepared_at: Any) -> str | None:
@@ -97,17 +88,16 @@ def _decide_prepared(rt: Runtime, gid: str, prepared_at: Any) -> str | None:
     if turn_id is None:
         return None  # our prefix, not our format: leave it to a person
     with rt.dbs.ledger.begin() as conn:
-        decision = _decision(conn, turn_id)
-        if decision is not None:
-            return decision
+        marker = read_decision(conn, turn_id)
+        if marker is not None:
+            return str(marker["decision"])
         in_flight = rt.holds.get(turn_id) is not None
         young = now() - prepared_at < timedelta(seconds=PREPARED_GRACE_S)
         if in_flight or (young and _owner_alive(conn, rt, turn_id)):
             return None  # a live gateway is between PREPARE and its decision
-        conn.execute(pg_insert(models.CommitMarker).values(
-            turn_id=turn_id, decision="abort", gid=gid, outcomes={}
-        ).on_conflict_do_nothing(index_elements=["turn_id"]))
-        return _decision(conn, turn_id)
+        write_decision(conn, turn_id, "abort", {}, gid, if_absent=True)
+        marker = read_decision(conn, turn_id)
+        return None if marker is None else str(marker["decision"])
 
 
 def _owner_alive(conn: Connection, rt: Runtime, turn_id: str | None) -> bool:
@@ -156,7 +146,7 @@ def _resolve_orphan(rt: Runtime, scope: TurnScope, counts: dict[str, int]) -> No
     rt.forget_scope(scope.turn.session_id)
     turn = scope.turn
     with rt.dbs.ledger.connect() as conn:
-        marker = turns_service.marker_of(conn, turn.id)
+        marker = read_decision(conn, turn.id)
     if turn.status == T.COMMITTING and marker and marker["decision"] == "commit":
         turns_service.finalize(rt, scope, marker["outcomes"])
         counts["finished"] += 1

@@ -55,6 +55,25 @@ class SessionLock:
         self._lock.release()
 
 
+class SessionLocks:
+    """One lock per session, held weakly: only sessions with a request in flight keep one."""
+
+    def __init__(self) -> None:
+        self._locks: weakref.WeakValueDictionary[str, SessionLock] = (
+            weakref.WeakValueDictionary())
+        self._guard = threading.Lock()
+
+    def __call__(self, session_id: str) -> SessionLock:
+        with self._guard:
+            lock = self._locks.get(session_id)
+            if lock is None:
+                lock = self._locks[session_id] = SessionLock()
+            return lock
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._locks
+
+
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -92,17 +111,13 @@ class Runtime:
     registry: Registry
     holds: HeldTurns
     gateway_id: str
-    # Only sessions with a request in flight keep their lock (weak values): no growth.
-    _locks: weakref.WeakValueDictionary[str, SessionLock] = field(
-        default_factory=weakref.WeakValueDictionary
-    )
+    session_lock: SessionLocks = field(default_factory=SessionLocks)
     # Both caches are bounded: an evicted session is claimed or read again on its next request.
     _owned: LruDict[str, str] = field(default_factory=lambda: LruDict(100_000))  # id → tenant
     # The latest turn of each owned session, as the ledger has it: the services keep it in
     # step as they write (they are the only writers while this gateway owns the session), so a
     # request does not read the turn's calls again. Dropped on any error or outside write.
     scopes: LruDict[str, TurnScope] = field(default_factory=lambda: LruDict(10_000))
-    _guard: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def create(cls, settings: Settings, gateway_id: str | None = None) -> Runtime:
@@ -118,13 +133,6 @@ class Runtime:
             ),
             gateway_id=gateway_id or default_gateway_id(),
         )
-
-    def session_lock(self, session_id: str) -> SessionLock:
-        with self._guard:
-            lock = self._locks.get(session_id)
-            if lock is None:
-                lock = self._locks[session_id] = SessionLock()
-            return lock
 
     def claim(self, session_id: str, tenant: str) -> str | None:
         """Own the tenant's session (idempotent); returns the previous owner when taken over.

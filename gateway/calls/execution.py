@@ -96,16 +96,14 @@ def run_db_tool(rt: Runtime, identity: CallIdentity, tool: RegisteredTool,
     held = hold.connections.get(url) if hold else None
     if held is None and keep:
         hold, held = hold_for(rt, identity.turn_id, adapter)
-    if hold is not None and held is not None:
-        active_hold, active_held = hold, held
-        return capture(
-            lambda: active_hold.run(active_held, identity.call_id, body, keep=keep,
-                                    timeout_s=tool.spec.timeout_s),
-            tool.name,
-            identity.call_id,
-        )
-    return capture(lambda: _read_only(rt, adapter, body, tool.spec.timeout_s), tool.name,
-                   identity.call_id)
+
+    def run() -> Any:
+        if hold is not None and held is not None:  # in the turn transaction, in a savepoint
+            return hold.run(held, identity.call_id, body, keep=keep,
+                            timeout_s=tool.spec.timeout_s)
+        return _read_only(rt, adapter, body, tool.spec.timeout_s)
+
+    return capture(run, tool.name, identity.call_id)
 
 
 def hold_for(rt: Runtime, turn_id: str, adapter: str) -> tuple[TurnHold, HeldConnection]:

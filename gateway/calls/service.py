@@ -229,10 +229,8 @@ def _replay(rt: Runtime, scope: TurnScope, calls: list[CallState]) -> list[CallS
             outcome = Outcome(False, error={"code": "placeholder_unresolvable",
                                             "message": str(error)})
         if outcome.ok and outcome.result == call.result:
-            with rt.dbs.ledger_fast.connect() as conn:
-                conn.execute(models.table_of(models.Call).update()
-                             .where(models.table_of(models.Call).c.id == call.id)
-                             .values(replays=call.replays + 1))
+            with rt.dbs.fast() as conn:
+                conn.execute("UPDATE calls SET replays = replays + 1 WHERE id = %s", [call.id])
             call.replays += 1
             continue
         hold = rt.holds.get(scope.turn.id)

@@ -18,6 +18,12 @@ from gateway.ledger.service import Subject
 from gateway.ledger.states import LIVE_CALL_STATUSES, RESULT_STATUSES, CallStatus
 
 
+def _columns(cls: type, row: Row[Any]) -> dict[str, Any]:
+    """The row's values for the dataclass's fields (a row may carry more columns)."""
+    mapping = row._mapping
+    return {f.name: mapping[f.name] for f in fields(cls)}
+
+
 @dataclass
 class CallState:
     id: str
@@ -47,8 +53,7 @@ class CallState:
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> CallState:
-        mapping = row._mapping
-        return cls(**{f.name: mapping[f.name] for f in fields(cls)})
+        return cls(**_columns(cls, row))
 
     @property
     def subject(self) -> Subject:
@@ -77,8 +82,7 @@ class TurnState:
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> TurnState:
-        mapping = row._mapping
-        return cls(**{f.name: mapping[f.name] for f in fields(cls)})
+        return cls(**_columns(cls, row))
 
     @property
     def subject(self) -> Subject:

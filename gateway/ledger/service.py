@@ -186,6 +186,26 @@ def create_row(conn: LedgerConn, model: type[models.Base], values: Mapping[str, 
          moves[0].subject.tenant, moves)
 
 
+def write_decision(conn: LedgerConn, turn_id: str, decision: str, outcomes: Mapping[str, Any],
+                   gid: str | None = None, *, if_absent: bool = False) -> None:
+    """Record a turn's decision (the commit marker). The primary key makes the first decision
+    the only one: ``if_absent`` leaves an existing one as it is (the reconciler's abort)."""
+    sql = ("INSERT INTO commit_markers (turn_id, decision, gid, outcomes) "
+           "VALUES (%(turn_id)s, %(decision)s, %(gid)s, %(outcomes)s)")
+    if if_absent:
+        sql += " ON CONFLICT (turn_id) DO NOTHING"
+    _driver(conn).execute(sql, {"turn_id": turn_id, "decision": decision, "gid": gid,
+                                "outcomes": Jsonb(dict(outcomes), dumps=_dumps)})
+
+
+def read_decision(conn: LedgerConn, turn_id: str) -> dict[str, Any] | None:
+    """The turn's commit marker as a dict (``decision``, ``outcomes``, ``gid``), or None."""
+    row = _driver(conn).execute(
+        "SELECT decision, outcomes, gid FROM commit_markers WHERE turn_id = %s", [turn_id]
+    ).fetchone()
+    return None if row is None else {"decision": row[0], "outcomes": row[1], "gid": row[2]}
+
+
 def _check(move: Move, allowed: bool) -> None:
     if not allowed:
         raise IllegalTransition(

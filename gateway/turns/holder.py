@@ -22,13 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, exc, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from gateway import faults
 from gateway.db import same_database
 from gateway.errors import Unavailable
-from gateway.ledger import models
+from gateway.ledger.service import write_decision
 
 log = logging.getLogger("specgate.turns")
 T = TypeVar("T")
@@ -172,7 +171,7 @@ class TurnHold:
     def has_effect(self, call_id: str) -> bool:
         return any(e.call_id == call_id and e.kept for e in self.entries)
 
-    def commit(self, ledger: Engine, marker: dict[str, Any]) -> None:
+    def commit(self, ledger: Engine, turn_id: str, outcomes: dict[str, Any]) -> None:
         """Make every held effect durable, with the decision recorded exactly once."""
         local = [h for h in self.connections.values() if h.gid is None]
         foreign = [h for h in self.connections.values() if h.gid is not None]
@@ -183,13 +182,13 @@ class TurnHold:
             held.prepared = True
         if foreign:
             faults.hit("after_prepare")
-        marker = {**marker, "gid": ",".join(h.gid for h in foreign if h.gid) or None}
+        gids = ",".join(h.gid for h in foreign if h.gid) or None
         if local:
-            local[0].conn.execute(pg_insert(models.CommitMarker).values(**marker))
+            write_decision(local[0].conn, turn_id, "commit", outcomes, gids)
             local[0].tx.commit()
         else:
             with ledger.begin() as conn:
-                conn.execute(pg_insert(models.CommitMarker).values(**marker))
+                write_decision(conn, turn_id, "commit", outcomes, gids)
         faults.hit("after_decision")
         for held in foreign:
             try:

@@ -18,14 +18,13 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Connection, insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import Connection, insert
 
 from gateway import metrics
 from gateway.calls import placeholders
 from gateway.calls import service as calls_service
 from gateway.calls.execution import Outcome, run_db_tool
-from gateway.calls.state import CallState, TurnScope, TurnState, load_calls, load_turn
+from gateway.calls.state import CallState, TurnScope, TurnState, load_scope, load_turn
 from gateway.errors import Conflict, InvalidArguments
 from gateway.ledger import models
 from gateway.ledger.service import (
@@ -39,6 +38,7 @@ from gateway.ledger.service import (
     transition_call,
     transition_calls,
     transition_turn,
+    write_decision,
 )
 from gateway.ledger.states import RESOLVED_TURN_STATUSES, CallStatus, TurnStatus
 from gateway.runtime import Runtime
@@ -159,14 +159,13 @@ def _run_one_staged(rt: Runtime, scope: TurnScope, call: CallState) -> Outcome:
 
 
 def _decide(rt: Runtime, scope: TurnScope, outcomes: dict[str, dict[str, Any]]) -> None:
-    marker = {"turn_id": scope.turn.id, "decision": "commit", "outcomes": outcomes}
     hold = rt.holds.get(scope.turn.id)
     if hold is not None and hold.connections:
-        hold.commit(rt.dbs.ledger, marker)
+        hold.commit(rt.dbs.ledger, scope.turn.id, outcomes)
         return
     # Nothing held, no effect to make durable: the decision needs no WAL-flush wait either.
-    with rt.dbs.ledger_fast.connect() as conn:
-        conn.execute(pg_insert(models.CommitMarker).values(**marker, gid=None))
+    with rt.dbs.fast() as conn:
+        write_decision(conn, scope.turn.id, "commit", outcomes)
 
 
 def finalize(rt: Runtime, scope: TurnScope, outcomes: dict[str, dict[str, Any]]) -> None:
@@ -237,12 +236,6 @@ def abort_turn(rt: Runtime, scope: TurnScope, reason: str) -> None:
 
 
 def reload(rt: Runtime, tenant: str, session_id: str, turn_id: str) -> TurnScope:
+    """The turn as the ledger has it now (bypassing the session's cached scope)."""
     with rt.dbs.ledger.connect() as conn:
-        turn = load_turn(conn, tenant, session_id, turn_id)
-        return TurnScope(turn, load_calls(conn, turn.id))
-
-
-def marker_of(conn: Connection, turn_id: str) -> dict[str, Any] | None:
-    table = models.table_of(models.CommitMarker)
-    row = conn.execute(select(table).where(table.c.turn_id == turn_id)).first()
-    return None if row is None else dict(row._mapping)
+        return load_scope(conn, tenant, session_id, turn_id)

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import gc
-import threading
-import weakref
 
-from gateway.runtime import LruDict, Runtime, SessionLock
+from gateway.runtime import LruDict, SessionLocks
 
 
 def test_session_locks_live_only_while_used_and_are_reentrant() -> None:
-    rt = Runtime.__new__(Runtime)  # only the lock table is exercised: no engines needed
-    rt._locks = weakref.WeakValueDictionary()
-    rt._guard = threading.Lock()
-    with rt.session_lock("s1") as held:
-        assert rt.session_lock("s1") is held
-        with rt.session_lock("s1"):  # re-entrant in the same thread
+    locks = SessionLocks()
+    with locks("s1") as held:
+        assert locks("s1") is held
+        with locks("s1"):  # re-entrant in the same thread
             pass
     del held
     gc.collect()
-    assert "s1" not in rt._locks
-    assert isinstance(rt.session_lock("s2"), SessionLock)
+    assert "s1" not in locks
 
 
 def test_lru_dict_forgets_the_least_recently_used() -> None:
