@@ -117,12 +117,15 @@ def hold_for(rt: Runtime, turn_id: str, adapter: str) -> tuple[TurnHold, HeldCon
 
 def _read_only(rt: Runtime, adapter: str, body: Callable[[Session], Any],
                timeout_s: float) -> Any:
-    with rt.dbs.tool_engine(adapter).connect() as conn, conn.begin() as tx:
-        conn.exec_driver_sql("SET TRANSACTION READ ONLY; "
+    """Run a read in its own read-only transaction, rolled back. The transaction is begun by
+    hand on an autocommit connection so its setup is one round trip, not two."""
+    engine = rt.dbs.tool_engine(adapter)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("BEGIN READ ONLY; "
                              f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
         session = ToolSession(conn)
         try:
             return body(session)
         finally:
             session.close()
-            tx.rollback()
+            conn.exec_driver_sql("ROLLBACK")

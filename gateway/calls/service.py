@@ -100,22 +100,20 @@ def issue_call(rt: Runtime, scope: TurnScope, request: IssueCall) -> CallState:
         hold_for(rt, scope.turn.id, tool.adapter.name)  # may refuse (429/503): before any write
     if superseded is not None:
         cancel_calls(rt, scope, [superseded], reason="superseded")
-    call = _insert(rt, scope, tool, request, deps, superseded, running=runs_now,
-                   resolved=resolved)
+    call = _new_call(scope, tool, request, deps, superseded)
     if runs_now:
         assert resolved is not None
-        _run_now(rt, call, tool, resolved)
+        _run_now(rt, scope, call, tool, resolved)
     else:
+        _record(rt, scope, call, [Move(call.subject, None, S.PROPOSED, {"tool": tool.name})])
         _stage(rt, call, tool, resolved)
     return call
 
 
-def _insert(rt: Runtime, scope: TurnScope, tool: RegisteredTool, request: IssueCall,
-            deps: list[CallState], superseded: CallState | None, *, running: bool,
-            resolved: dict[str, Any] | None) -> CallState:
-    """Write the new call (``proposed``, and ``running`` at once when it runs now)."""
+def _new_call(scope: TurnScope, tool: RegisteredTool, request: IssueCall,
+              deps: list[CallState], superseded: CallState | None) -> CallState:
     call_id = models.new_id("call")
-    call = CallState(
+    return CallState(
         id=call_id, tenant=scope.turn.tenant, session_id=scope.turn.session_id,
         turn_id=scope.turn.id, seq=scope.next_seq(), client_call_id=request.client_call_id,
         tool=tool.name, effect=str(tool.spec.effect), runner=str(tool.spec.runner),
@@ -124,19 +122,43 @@ def _insert(rt: Runtime, scope: TurnScope, tool: RegisteredTool, request: IssueC
         supersedes_id=superseded.id if superseded else None, status=S.PROPOSED, result=None,
         error=None, idempotency_key=call_id, replays=0, created_at=now(),
     )
-    moves = [Move(call.subject, None, S.PROPOSED, {"tool": tool.name})]
-    if running:
-        call.status, call.started_at, call.resolved_arguments = S.RUNNING, now(), resolved
-        moves.append(Move(call.subject, S.PROPOSED, S.RUNNING))
-    row = {k: v for k, v in vars(call).items()
-           if k not in {"finished_at", "decided_at", "expires_at"}}
+
+
+def _record(rt: Runtime, scope: TurnScope, call: CallState, moves: list[Move]) -> None:
+    """Write a new call row, in the status its last move reached, with all of its events."""
+    row = {k: v for k, v in vars(call).items() if k not in {"decided_at", "expires_at"}}
     with rt.dbs.fast() as conn:
         create_row(conn, models.Call, row, moves)
-    metrics.call_moved(call.effect, S.PROPOSED)
-    if running:
-        metrics.call_moved(call.effect, S.RUNNING)
+    for m in moves:
+        metrics.call_moved(call.effect, m.target)
     scope.calls.append(call)
-    return call
+
+
+def _run_now(rt: Runtime, scope: TurnScope, call: CallState, tool: RegisteredTool,
+             resolved: dict[str, Any]) -> None:
+    """Run the tool, then write the call once with its whole history (proposed, running, and
+    how it ended). Nothing needs recording first: a ``db`` call's effect lives in a transaction
+    this process holds, so a crash before the write takes the effect with it."""
+    keep = tool.spec.effect == Effect.REVERSIBLE
+    call.status, call.started_at, call.resolved_arguments = S.RUNNING, now(), resolved
+    outcome = run_db_tool(rt, identity(call), tool, resolved, keep=keep)
+    if outcome.ok:
+        final, detail = (S.HELD if keep else S.SUCCEEDED), None
+        call.result = outcome.result
+    else:
+        final, detail = S.FAILED, {"error": outcome.error}
+        call.error = outcome.error
+    call.status, call.finished_at = final, now()
+    moves = [Move(call.subject, None, S.PROPOSED, {"tool": tool.name}),
+             Move(call.subject, S.PROPOSED, S.RUNNING), Move(call.subject, S.RUNNING, final,
+                                                             detail)]
+    try:
+        _record(rt, scope, call, moves)
+    except BaseException:
+        hold = rt.holds.get(scope.turn.id)
+        if hold is not None:
+            hold.undo(call.id)  # the last savepoint: no later call to replay
+        raise
 
 
 def move(rt: Runtime, call: CallState, target: str, detail: dict[str, Any] | None = None,
@@ -162,21 +184,6 @@ def _stage(rt: Runtime, call: CallState, tool: RegisteredTool,
             return
     expires_at = now() + timedelta(seconds=rt.settings.staged_ttl_s)
     move(rt, call, S.STAGED, resolved_arguments=resolved, expires_at=expires_at)
-
-
-def _run_now(rt: Runtime, call: CallState, tool: RegisteredTool,
-             resolved: dict[str, Any]) -> None:
-    keep = tool.spec.effect == Effect.REVERSIBLE
-    outcome = run_db_tool(rt, identity(call), tool, resolved, keep=keep)
-    settle(rt, call, outcome, S.HELD if keep else S.SUCCEEDED)
-
-
-def settle(rt: Runtime, call: CallState, outcome: Outcome, success: str) -> None:
-    if outcome.ok:
-        move(rt, call, success, result=outcome.result, finished_at=now())
-    else:
-        move(rt, call, S.FAILED, {"error": outcome.error}, error=outcome.error,
-             finished_at=now())
 
 
 def doomed_by(scope: TurnScope, roots: Iterable[CallState]) -> list[CallState]:

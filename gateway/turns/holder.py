@@ -76,11 +76,9 @@ class HeldConnection:
                 f"tool database unavailable: {error.orig}", status_code=503
             ) from error
         self.tx = self.conn.begin_twophase(gid) if gid else self.conn.begin()
-        self.conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
         # Postgres itself ends a held transaction the gateway forgot (hung or partitioned).
-        self.conn.exec_driver_sql(
-            f"SET LOCAL idle_in_transaction_session_timeout = {int(idle_timeout_ms)}"
-        )
+        self.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}; "
+                     f"SET LOCAL idle_in_transaction_session_timeout = {int(idle_timeout_ms)}")
 
     def execute(self, statement: str) -> None:
         """A parameterless statement (or several, ``;``-separated) straight to the driver."""
