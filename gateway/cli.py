@@ -37,12 +37,16 @@ def migrate(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -
 
 @app.command()
 def serve(host: str = "127.0.0.1", port: int = 8080,
+          with_worker: Annotated[bool | None, typer.Option(
+              "--worker/--no-worker", help="Start a tool worker too (default: with the "
+              "embedded broker, i.e. when no broker URL is set).")] = None,
           verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """Run the gateway (HTTP API). With no database URL configured, the embedded Postgres is
-    started and migrated first."""
+    started and migrated first; with no broker URL, a tool worker is started beside it."""
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.localserver import LocalWorker
     from gateway.migrate import migrate_all
     from gateway.runtime import default_gateway_id
 
@@ -50,8 +54,36 @@ def serve(host: str = "127.0.0.1", port: int = 8080,
     settings = get_settings()
     if settings.embedded:
         migrate_all(settings)
-    application = create_app(settings, gateway_id=default_gateway_id(port))
-    uvicorn.run(application, host=host, port=port, log_level="info" if verbose else "warning")
+    child = None
+    settings.home.mkdir(parents=True, exist_ok=True)
+    if with_worker if with_worker is not None else settings.broker_url is None:
+        child = LocalWorker(env={}, log_path=settings.home / "worker.log").start()
+    try:
+        application = create_app(settings, gateway_id=default_gateway_id(port))
+        uvicorn.run(application, host=host, port=port,
+                    log_level="info" if verbose else "warning")
+    finally:
+        if child is not None:
+            child.stop()
+
+
+@app.command()
+def worker(concurrency: Annotated[int | None, typer.Option(help="Tasks at once.")] = None,
+           ready_file: Annotated[str | None, typer.Option(help="Touched once consuming.")] = None,
+           verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Run the tool worker (Celery): task-runner tools, compensations, the outbox relay and the
+    adapters' periodic jobs. With no broker URL configured, the ledger database is the broker."""
+    from pathlib import Path
+
+    from gateway.migrate import migrate_all
+    from gateway.tasks.worker import run_worker
+
+    _logging(verbose)
+    settings = get_settings()
+    if settings.embedded:
+        migrate_all(settings)
+    run_worker(settings, concurrency=concurrency, loglevel="INFO" if verbose else "WARNING",
+               ready_file=Path(ready_file) if ready_file else None)
 
 
 @app.command()

@@ -57,6 +57,20 @@ class Settings(BaseSettings):
     wait_max_s: float = Field(default=30.0, gt=0, description="Largest accepted ?wait=.")
     gid_prefix: str = Field(default="sg", pattern=r"^[a-z][a-z0-9]{0,15}$")
 
+    # The tool worker (runner ``task``): retries, the outbox relay, and waiting for its calls.
+    worker_concurrency: int = Field(default=4, ge=1, description="Tasks run at once per worker.")
+    task_max_attempts: int = Field(
+        default=5, ge=1, description="Tries of a task (or compensation) that fails transiently.")
+    task_retry_base_s: float = Field(
+        default=0.5, gt=0, description="First retry delay; doubles with every attempt.")
+    relay_period_s: float = Field(default=0.5, gt=0, description="Outbox relay pass period.")
+    relay_grace_s: float = Field(
+        default=2.0, gt=0, description="An unfinished outbox row nobody works on is sent again "
+        "after this, then after doubling delays.")
+    relay_max_backoff_s: float = Field(default=30.0, gt=0, description="Cap of those delays.")
+    settle_wait_s: float = Field(
+        default=10.0, ge=0, description="How long a commit waits for its task calls to finish.")
+
     @field_validator("database_url", "broker_url", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:

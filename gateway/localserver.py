@@ -1,7 +1,7 @@
-"""Run a real gateway server as a child process (for the demo, benchmarks and crash tests).
+"""Run a real gateway server or tool worker as a child process (demo, benchmarks, crash tests).
 
-The child is ``python -m gateway serve`` with the given environment: the same code path as
-production, reachable over HTTP on a free loopback port, and killable with SIGKILL.
+The child is ``python -m gateway serve`` (or ``worker``) with the given environment: the same
+code path as production, and killable with SIGKILL.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,35 +27,29 @@ def free_port() -> int:
 
 
 @dataclass
-class LocalGateway:
+class _Child:
     env: dict[str, str]
-    port: int = field(default_factory=free_port)
     log_path: Path | None = None
     process: subprocess.Popen[bytes] | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout_s: float = 60.0) -> LocalGateway:
+    def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--port", str(self.port)],
-            env={**os.environ, **self.env}, stdout=log, stderr=log,
-        )
+        self.process = subprocess.Popen([sys.executable, "-m", "gateway", *args],
+                                        env={**os.environ, **self.env}, stdout=log, stderr=log)
+        return self.process
+
+    def _wait_until(self, ready: Callable[[], bool], what: str, timeout_s: float) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"gateway exited with {self.process.returncode} at start; "
+                raise RuntimeError(f"{what} exited with {self.process.returncode} at start; "
                                    f"log: {self.log_path}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
+            if ready():
+                return
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"gateway did not answer /healthz within {timeout_s} s")
+        raise RuntimeError(f"{what} was not ready within {timeout_s} s; log: {self.log_path}")
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, as in a crash."""
@@ -69,7 +65,51 @@ class LocalGateway:
             except subprocess.TimeoutExpired:
                 self.kill()
 
+
+@dataclass
+class LocalGateway(_Child):
+    """``specgate serve``, without a tool worker of its own unless ``worker``."""
+
+    port: int = field(default_factory=free_port)
+    worker: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def start(self, timeout_s: float = 60.0) -> LocalGateway:
+        self._spawn("serve", "--port", str(self.port),
+                    "--worker" if self.worker else "--no-worker")
+        self._wait_until(self._healthy, "gateway", timeout_s)
+        return self
+
     def __enter__(self) -> LocalGateway:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class LocalWorker(_Child):
+    """``specgate worker``; ready once it has connected to the broker (it touches a file)."""
+
+    ready_file: Path | None = None
+
+    def start(self, timeout_s: float = 60.0) -> LocalWorker:
+        ready = self.ready_file or Path(tempfile.mkdtemp(prefix="specgate-worker-")) / "ready"
+        ready.unlink(missing_ok=True)
+        self._spawn("worker", "--ready-file", str(ready))
+        self._wait_until(ready.exists, "worker", timeout_s)
+        return self
+
+    def __enter__(self) -> LocalWorker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -23,6 +23,8 @@ from gateway.calls.state import TurnScope
 from gateway.config import Settings
 from gateway.db import Databases
 from gateway.errors import Conflict, NotFound
+from gateway.tasks.celery_app import make_celery
+from gateway.tasks.outbox import Publisher
 from gateway.tools.registry import Registry, load_registry
 from gateway.turns.holder import HeldTurns
 
@@ -118,6 +120,8 @@ class Runtime:
     # step as they write (they are the only writers while this gateway owns the session), so a
     # request does not read the turn's calls again. Dropped on any error or outside write.
     scopes: LruDict[str, TurnScope] = field(default_factory=lambda: LruDict(10_000))
+    _publisher: Publisher | None = None
+    _publisher_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def create(cls, settings: Settings, gateway_id: str | None = None) -> Runtime:
@@ -178,7 +182,18 @@ class Runtime:
                 {"id": self.gateway_id, "host": socket.gethostname(), "pid": os.getpid()},
             )
 
+    def publish(self, call_ids: list[str]) -> None:
+        """Ring the tool worker for calls whose outbox rows have just been committed."""
+        if not call_ids:
+            return
+        with self._publisher_lock:
+            if self._publisher is None:
+                self._publisher = Publisher(make_celery(self.settings, self.dbs.ledger_url))
+        self._publisher(call_ids)
+
     def close(self) -> None:
+        if self._publisher is not None:
+            self._publisher.close()
         for turn_id in self.holds.turn_ids():
             hold = self.holds.get(turn_id)
             if hold is not None:

@@ -7,6 +7,7 @@ All validation happens before the first write, so a refused request changes noth
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
@@ -20,7 +21,14 @@ from gateway.calls.schemas import IssueCall
 from gateway.calls.state import CallState, TurnScope
 from gateway.errors import Conflict, InvalidArguments
 from gateway.ledger import models
-from gateway.ledger.service import Move, create_row, now, transition_call
+from gateway.ledger.service import (
+    Move,
+    StaleTransition,
+    create_row,
+    enqueue,
+    now,
+    transition_call,
+)
 from gateway.ledger.states import CallStatus, TurnStatus
 from gateway.runtime import Runtime
 from gateway.tools.registry import RegisteredTool
@@ -61,9 +69,6 @@ def _check_request(scope: TurnScope, tool: RegisteredTool, request: IssueCall,
     or None when a dependency has no result yet)."""
     if scope.turn.status != TurnStatus.OPEN:
         raise Conflict(f"turn {scope.turn.id!r} is {scope.turn.status}", code="turn_not_open")
-    if tool.spec.runner != Runner.DB:
-        raise InvalidArguments(f"tool {tool.name!r} needs the task runner, which this gateway "
-                               "does not run yet", code="runner_unavailable")
     live = scope.live_by_client()
     superseded = None
     if request.supersedes is not None:
@@ -80,6 +85,11 @@ def _check_request(scope: TurnScope, tool: RegisteredTool, request: IssueCall,
                                code="invalid_arguments")
     deps = _dependencies(scope, request, superseded)
     if any(not d.has_result for d in deps):
+        if tool.spec.runner == Runner.TASK and tool.spec.effect != Effect.SENSITIVE:
+            waiting = next(d for d in deps if not d.has_result)
+            raise Conflict(f"call {waiting.client_call_id!r} has no result yet; issue this "
+                           "task call once it has settled (GET /v1/calls/{id}?wait=)",
+                           code="dependency_unsettled")
         return superseded, deps, None
     try:
         resolved = placeholders.resolve(request.arguments,
@@ -101,7 +111,10 @@ def issue_call(rt: Runtime, scope: TurnScope, request: IssueCall) -> CallState:
     if superseded is not None:
         cancel_calls(rt, scope, [superseded], reason="superseded")
     call = _new_call(scope, tool, request, deps, superseded)
-    if runs_now:
+    if runs_now and tool.spec.runner == Runner.TASK:
+        assert resolved is not None
+        _enqueue(rt, scope, call, tool, resolved)
+    elif runs_now:
         assert resolved is not None
         _run_now(rt, scope, call, tool, resolved)
     else:
@@ -124,14 +137,97 @@ def _new_call(scope: TurnScope, tool: RegisteredTool, request: IssueCall,
     )
 
 
-def _record(rt: Runtime, scope: TurnScope, call: CallState, moves: list[Move]) -> None:
-    """Write a new call row, in the status its last move reached, with all of its events."""
+def _record(rt: Runtime, scope: TurnScope, call: CallState, moves: list[Move],
+            outbox_kind: str | None = None) -> None:
+    """Write a new call row, in the status its last move reached, with all of its events (and
+    an outbox row for the tool worker, in the same transaction)."""
     row = {k: v for k, v in vars(call).items() if k not in {"decided_at", "expires_at"}}
     with rt.dbs.fast() as conn:
-        create_row(conn, models.Call, row, moves)
+        if outbox_kind is None:
+            create_row(conn, models.Call, row, moves)
+        else:
+            with conn.transaction():
+                create_row(conn, models.Call, row, moves)
+                enqueue(conn, [call.id], outbox_kind, rt.settings.relay_grace_s)
     for m in moves:
         metrics.call_moved(call.effect, m.target)
     scope.calls.append(call)
+
+
+def _enqueue(rt: Runtime, scope: TurnScope, call: CallState, tool: RegisteredTool,
+             resolved: dict[str, Any]) -> None:
+    """A task call runs in the tool worker: record it ``proposed`` with its outbox row, then
+    ring the worker. Its result arrives in the ledger (``?wait=`` or ``GET /v1/calls/{id}``)."""
+    call.resolved_arguments = resolved
+    _record(rt, scope, call, [Move(call.subject, None, S.PROPOSED, {"tool": tool.name})],
+            outbox_kind="run")
+    rt.publish([call.id])
+
+
+WORKER_OWNED = frozenset({S.PROPOSED, S.RUNNING})
+
+
+def refresh(rt: Runtime, calls: Iterable[CallState]) -> None:
+    """Read the ledger's view of task calls the worker may have moved since we last looked."""
+    stale = {c.id: c for c in calls if c.runner == Runner.TASK}
+    if not stale:
+        return
+    with rt.dbs.fast() as conn:
+        rows = conn.execute(
+            "SELECT id, status, result, error, started_at, finished_at, decided_at "
+            "FROM calls WHERE id = ANY(%s)", [list(stale)]).fetchall()
+    for call_id, status, result, error, started, finished, decided in rows:
+        call = stale[call_id]
+        call.status, call.result, call.error = status, result, error
+        call.started_at, call.finished_at, call.decided_at = started, finished, decided
+
+
+def unsettled(scope: TurnScope) -> list[CallState]:
+    return [c for c in scope.calls if c.runner == Runner.TASK and c.status in WORKER_OWNED]
+
+
+def wait_settled(rt: Runtime, calls: list[CallState], timeout_s: float) -> bool:
+    """Poll until none of ``calls`` is still with the worker; False on timeout."""
+    deadline = time.monotonic() + timeout_s
+    pause = 0.002
+    while True:
+        refresh(rt, calls)
+        if not any(c.status in WORKER_OWNED for c in calls):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+def drop_task_call(rt: Runtime, call: CallState, target: str, reason: str) -> None:
+    """Take a task call out of its turn (cancelled, expired, aborted). A reversible effect that
+    is already made goes to compensation in the same transaction; one still being made is
+    compensated by the worker when it completes. The worker may move the call at this very
+    moment: a lost compare-and-set reads the status again and retries."""
+    for _ in range(10):
+        compensate = call.status == S.HELD and call.effect == Effect.REVERSIBLE
+        try:
+            with rt.dbs.fast() as conn, conn.transaction():
+                transition_call(conn, call.subject, call.status, target, {"decided_at": now()},
+                                {"reason": reason})
+                if compensate:
+                    transition_call(conn, call.subject, target, S.COMPENSATING)
+                    enqueue(conn, [call.id], "compensate", rt.settings.relay_grace_s)
+        except StaleTransition:
+            refresh(rt, [call])
+            if not call.live:
+                return
+            continue
+        metrics.call_moved(call.effect, target)
+        call.status, call.decided_at = target, now()
+        if compensate:
+            metrics.call_moved(call.effect, S.COMPENSATING)
+            call.status = S.COMPENSATING
+            rt.publish([call.id])
+        return
+    raise Conflict(f"call {call.id!r} kept changing while being cancelled; try again",
+                   code="busy")
 
 
 def _run_now(rt: Runtime, scope: TurnScope, call: CallState, tool: RegisteredTool,
@@ -207,7 +303,10 @@ def cancel_calls(rt: Runtime, scope: TurnScope, roots: Iterable[CallState], *, r
             to_replay.extend(hold.undo(call.id))
     changed = []
     for call in doomed:
-        move(rt, call, target, {"reason": reason}, decided_at=now())
+        if call.runner == Runner.TASK:
+            drop_task_call(rt, call, target, reason)
+        else:
+            move(rt, call, target, {"reason": reason}, decided_at=now())
         changed.append(call)
     doomed_ids = {c.id for c in doomed}
     replay = [c for c in scope.calls if c.id in set(to_replay) - doomed_ids and c.live]

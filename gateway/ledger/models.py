@@ -184,15 +184,23 @@ class CommitMarker(Base):
 
 
 class OutboxMessage(Base):
+    """Work for the tool worker, written in the transaction that decided it (a call issued, a
+    turn committed, an effect to undo). The broker only carries the call id as a doorbell; the
+    relay sends it again while the row is not done, so a lost message or a killed worker delays
+    the work but never loses it. A worker holds the row locked while it works on it."""
+
     __tablename__ = "outbox"
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     call_id: Mapped[str] = mapped_column(String(64), index=True)
-    kind: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(32))  # "run" | "compensate"
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     created_at: Mapped[datetime] = _now()
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    next_at: Mapped[datetime] = _now()
+    sends: Mapped[int] = mapped_column(Integer, default=0)
+    done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 def table_of(model: type[Base]) -> Table:

@@ -152,7 +152,7 @@ def _run(conn: LedgerConn, sql: str, params: dict[str, Any], tenant: str,
     to the driver directly (prepared after a few uses) instead of building a Core statement.
     Inside ``batched`` the check is deferred to the end of the batch."""
     params = {**params, "tenant": tenant, "events": Jsonb(_events(moves), dumps=_dumps)}
-    cursor = _driver(conn).execute(sql, params)
+    cursor = driver(conn).execute(sql, params)
     pending = _BATCH.get()
     if pending is not None:
         pending.append((what, cursor))
@@ -160,13 +160,13 @@ def _run(conn: LedgerConn, sql: str, params: dict[str, Any], tenant: str,
     return cursor.fetchone() is not None
 
 
-def _driver(conn: LedgerConn) -> psycopg.Connection[Any]:
+def driver(conn: LedgerConn) -> psycopg.Connection[Any]:
     """The driver connection under a SQLAlchemy connection (or the driver connection given)."""
     if isinstance(conn, psycopg.Connection):
         return conn
-    driver = conn.connection.driver_connection
-    assert isinstance(driver, psycopg.Connection)
-    return driver
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, psycopg.Connection)
+    return raw
 
 
 def ensure_chain(conn: Connection, tenant: str) -> None:
@@ -187,20 +187,38 @@ def create_row(conn: LedgerConn, model: type[models.Base], values: Mapping[str, 
 
 
 def write_decision(conn: LedgerConn, turn_id: str, decision: str, outcomes: Mapping[str, Any],
-                   gid: str | None = None, *, if_absent: bool = False) -> None:
+                   gid: str | None = None, *, if_absent: bool = False,
+                   dispatch: Sequence[str] = (), grace_s: float = 2.0) -> None:
     """Record a turn's decision (the commit marker). The primary key makes the first decision
-    the only one: ``if_absent`` leaves an existing one as it is (the reconciler's abort)."""
+    the only one: ``if_absent`` leaves an existing one as it is (the reconciler's abort).
+    ``dispatch``: calls the tool worker runs because of this decision; their outbox rows are
+    written in the same transaction, so the decision and the work it orders are one fact."""
     sql = ("INSERT INTO commit_markers (turn_id, decision, gid, outcomes) "
            "VALUES (%(turn_id)s, %(decision)s, %(gid)s, %(outcomes)s)")
     if if_absent:
         sql += " ON CONFLICT (turn_id) DO NOTHING"
-    _driver(conn).execute(sql, {"turn_id": turn_id, "decision": decision, "gid": gid,
+    driver(conn).execute(sql, {"turn_id": turn_id, "decision": decision, "gid": gid,
                                 "outcomes": Jsonb(dict(outcomes), dumps=_dumps)})
+    enqueue(conn, dispatch, "run", grace_s)
+
+
+_ENQUEUE = ("INSERT INTO outbox (call_id, kind, payload, attempts, sends, next_at) "
+            "VALUES (%(call_id)s, %(kind)s, '{}'::jsonb, 0, 1, "
+            "now() + make_interval(secs => %(grace)s))")
+
+
+def enqueue(conn: LedgerConn, call_ids: Sequence[str], kind: str, grace_s: float) -> None:
+    """Outbox rows for the tool worker, in the caller's transaction. They count as sent once:
+    the writer publishes them after its commit, and the relay sends them again only after
+    ``grace_s`` (see gateway.tasks.outbox)."""
+    if call_ids:
+        driver(conn).cursor().executemany(
+            _ENQUEUE, [{"call_id": c, "kind": kind, "grace": grace_s} for c in call_ids])
 
 
 def read_decision(conn: LedgerConn, turn_id: str) -> dict[str, Any] | None:
     """The turn's commit marker as a dict (``decision``, ``outcomes``, ``gid``), or None."""
-    row = _driver(conn).execute(
+    row = driver(conn).execute(
         "SELECT decision, outcomes, gid FROM commit_markers WHERE turn_id = %s", [turn_id]
     ).fetchone()
     return None if row is None else {"decision": row[0], "outcomes": row[1], "gid": row[2]}
@@ -282,7 +300,7 @@ def transition_calls(conn: LedgerConn, tenant: str, moves: Sequence[CallMove]) -
             row[name] = move.values.get(name)
         rows.append(row)
     events = _events([Move(m.subject, m.source, m.target) for m in moves])
-    moved = _driver(conn).execute(_BULK_SQL, {
+    moved = driver(conn).execute(_BULK_SQL, {
         "rows": Jsonb(rows, dumps=_dumps), "tenant": tenant,
         "events": Jsonb(events, dumps=_dumps)}).fetchone()
     if moved is None or moved[0] != len(moves):

@@ -43,9 +43,14 @@ class TurnStatus(StrEnum):
 C = CallStatus
 _UNDECIDED_EXITS = {C.CANCELLED, C.COMMITTED, C.CONFLICT, C.ABORTED, C.EXPIRED}
 
+# A ``task`` call is queued (proposed) and runs (running) in the tool worker while its turn
+# goes on, so a turn can be cancelled, expire or abort under it; the worker then finds the call
+# decided, and compensates a reversible effect that completed anyway.
+_TURN_ENDS = {C.CANCELLED, C.EXPIRED, C.ABORTED}
+
 CALL_TRANSITIONS: dict[CallStatus, frozenset[CallStatus]] = {
-    C.PROPOSED: frozenset({C.RUNNING, C.STAGED, C.ABORTED}),
-    C.RUNNING: frozenset({C.HELD, C.SUCCEEDED, C.FAILED, C.ABORTED}),
+    C.PROPOSED: frozenset({C.RUNNING, C.STAGED} | _TURN_ENDS),
+    C.RUNNING: frozenset({C.HELD, C.SUCCEEDED, C.FAILED} | _TURN_ENDS),
     C.HELD: frozenset(_UNDECIDED_EXITS),
     C.SUCCEEDED: frozenset(_UNDECIDED_EXITS),
     # A staged call runs at commit: it may fail there like any sequential call would.
@@ -55,6 +60,8 @@ CALL_TRANSITIONS: dict[CallStatus, frozenset[CallStatus]] = {
     C.APPROVED: frozenset({C.DISPATCHED}),
     C.DISPATCHED: frozenset({C.SUCCEEDED, C.FAILED}),
     C.CANCELLED: frozenset({C.COMPENSATING}),
+    C.EXPIRED: frozenset({C.COMPENSATING}),
+    C.ABORTED: frozenset({C.COMPENSATING}),
     C.COMPENSATING: frozenset({C.COMPENSATED, C.COMPENSATION_FAILED}),
     C.COMPENSATION_FAILED: frozenset({C.COMPENSATING}),
 }

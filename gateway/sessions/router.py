@@ -52,13 +52,17 @@ def open_turn(session_id: str, rt: RuntimeDep, key: CurrentKey, idem: Idempotent
 @router.post("/{session_id}/calls", status_code=201, response_model=CallView)
 def issue_call(session_id: str, body: IssueCall, rt: RuntimeDep, key: CurrentKey,
                idem: IdempotentDep, wait: Wait = 0) -> Response:
-    """Issue a call in the open turn. `db`-runner calls settle before the response, so
-    `wait` only matters for calls that run elsewhere."""
+    """Issue a call in the open turn. `db`-runner calls settle before the response; a
+    `task`-runner call is queued for the tool worker, and `wait` returns once it has settled
+    (or the time is up)."""
 
     def handler() -> tuple[int, object]:
         with service.scope_of(rt, key.tenant, session_id) as scope:
             call = calls_service.issue_call(rt, scope, body)
-            return 201, service.call_view(call, scope.client_ids()).model_dump(mode="json")
+            ids = scope.client_ids()
+        if wait and call.status in calls_service.WORKER_OWNED:  # outside the session's lock
+            calls_service.wait_settled(rt, [call], min(wait, rt.settings.wait_max_s))
+        return 201, service.call_view(call, ids).model_dump(mode="json")
 
     return idem.run(handler)
 

@@ -31,6 +31,10 @@ def scope_of(rt: Runtime, tenant: str, session_id: str,
                 scope = load_scope(conn, tenant, session_id, turn_id)
             if turn_id is None:
                 rt.scopes[session_id] = scope
+        else:
+            from gateway.calls.service import refresh, unsettled
+
+            refresh(rt, unsettled(scope))  # the worker writes these behind the cache
         try:
             yield scope
         except BaseException:

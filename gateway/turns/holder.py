@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -169,8 +169,10 @@ class TurnHold:
     def has_effect(self, call_id: str) -> bool:
         return any(e.call_id == call_id and e.kept for e in self.entries)
 
-    def commit(self, ledger: Engine, turn_id: str, outcomes: dict[str, Any]) -> None:
-        """Make every held effect durable, with the decision recorded exactly once."""
+    def commit(self, ledger: Engine, turn_id: str, outcomes: dict[str, Any],
+               dispatch: Sequence[str] = (), grace_s: float = 2.0) -> None:
+        """Make every held effect durable, with the decision (and the outbox rows of the
+        ``dispatch`` calls) recorded exactly once."""
         local = [h for h in self.connections.values() if h.gid is None]
         foreign = [h for h in self.connections.values() if h.gid is not None]
         for held in foreign:
@@ -182,11 +184,13 @@ class TurnHold:
             faults.hit("after_prepare")
         gids = ",".join(h.gid for h in foreign if h.gid) or None
         if local:
-            write_decision(local[0].conn, turn_id, "commit", outcomes, gids)
+            write_decision(local[0].conn, turn_id, "commit", outcomes, gids,
+                           dispatch=dispatch, grace_s=grace_s)
             local[0].tx.commit()
         else:
             with ledger.begin() as conn:
-                write_decision(conn, turn_id, "commit", outcomes, gids)
+                write_decision(conn, turn_id, "commit", outcomes, gids, dispatch=dispatch,
+                               grace_s=grace_s)
         faults.hit("after_decision")
         for held in foreign:
             try:

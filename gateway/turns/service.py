@@ -100,15 +100,23 @@ def _kept(scope: TurnScope, keep: list[str] | None) -> list[CallState]:
 def commit_turn(rt: Runtime, scope: TurnScope, keep: list[str] | None) -> TurnScope:
     if scope.turn.status != T.OPEN:
         raise Conflict(f"turn {scope.turn.id!r} is {scope.turn.status}", code="turn_not_open")
+    running = calls_service.unsettled(scope)
+    if running and not calls_service.wait_settled(rt, running, rt.settings.settle_wait_s):
+        late = [c.client_call_id for c in running if c.status in calls_service.WORKER_OWNED]
+        raise Conflict(f"task calls {late} are still running; commit again once they have "
+                       "settled, or cancel them", code="calls_unsettled")
     kept = _kept(scope, keep)
     started = time.perf_counter()
     _move_turn(rt, scope.turn, T.COMMITTING)
+    dispatch: list[str] = []
     try:
         kept_ids = {c.id for c in kept}
         dropped = [c for c in scope.calls if c.live and c.id not in kept_ids]
         calls_service.cancel_calls(rt, scope, dropped, reason="not kept at commit")
         outcomes = _run_staged(rt, scope)
-        _decide(rt, scope, outcomes)
+        dispatch = [c.id for c in scope.calls if c.live and c.runner == "task"
+                    and c.status == S.STAGED and outcomes[c.id]["status"] == S.COMMITTED]
+        _decide(rt, scope, outcomes, dispatch)
     except Exception as error:
         log.exception("commit of turn %r failed; aborting it", scope.turn.id)
         abort_turn(rt, scope, reason=f"commit failed: {error!r}")
@@ -117,6 +125,7 @@ def commit_turn(rt: Runtime, scope: TurnScope, keep: list[str] | None) -> TurnSc
     finally:
         rt.holds.drop(scope.turn.id)
     finalize(rt, scope, outcomes)
+    rt.publish(dispatch)
     metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
     return scope
 
@@ -154,14 +163,23 @@ def _run_one_staged(rt: Runtime, scope: TurnScope, call: CallState) -> Outcome:
         return Outcome(False, error=calls_service.validation_error(error, tool.name).to_body()
                        ["error"])
     call.resolved_arguments = arguments
+    if call.runner == "task":  # runs in the tool worker once the decision is durable
+        return Outcome(True, result=None)
     keep = call.effect != "safe"
     return run_db_tool(rt, calls_service.identity(call), tool, arguments, keep=keep)
 
 
-def _decide(rt: Runtime, scope: TurnScope, outcomes: dict[str, dict[str, Any]]) -> None:
+def _decide(rt: Runtime, scope: TurnScope, outcomes: dict[str, dict[str, Any]],
+            dispatch: list[str]) -> None:
+    grace = rt.settings.relay_grace_s
     hold = rt.holds.get(scope.turn.id)
     if hold is not None and hold.connections:
-        hold.commit(rt.dbs.ledger, scope.turn.id, outcomes)
+        hold.commit(rt.dbs.ledger, scope.turn.id, outcomes, dispatch, grace)
+        return
+    if dispatch:  # the decision orders effects: it must be durable before anyone acts on it
+        with rt.dbs.ledger.begin() as conn:
+            write_decision(conn, scope.turn.id, "commit", outcomes, dispatch=dispatch,
+                           grace_s=grace)
         return
     # Nothing held, no effect to make durable: the decision needs no WAL-flush wait either.
     with rt.dbs.fast() as conn:
@@ -207,10 +225,11 @@ def end_turn(rt: Runtime, scope: TurnScope, via: str | None, target: str, call_t
         hold.rollback()
     rt.holds.drop(scope.turn.id)
     at = now()
+    if via is not None:
+        _move_turn(rt, scope.turn, via)
+    for call in [c for c in scope.calls if c.live and c.runner == "task"]:
+        calls_service.drop_task_call(rt, call, call_target, reason)
     with rt.dbs.fast() as conn, conn.transaction(), batched(conn):
-        if via is not None:
-            transition_turn(conn, scope.turn.subject, scope.turn.status, via)
-            scope.turn.status = via
         for call in [c for c in scope.calls if c.live]:
             transition_call(conn, call.subject, call.status, call_target, {"decided_at": at},
                             {"reason": reason})

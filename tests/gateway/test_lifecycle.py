@@ -140,7 +140,9 @@ def test_migrations_upgrade_and_downgrade(pg_home: Path, ledger_url: str) -> Non
     assert set(inspect(engine).get_table_names()) == {"alembic_version"}
     upgrade_ledger(url)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+    outbox = {c["name"] for c in inspect(engine).get_columns("outbox")}
+    assert {"next_at", "sends", "done_at"} <= outbox
     engine.dispose()
 
 

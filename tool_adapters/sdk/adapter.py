@@ -6,10 +6,12 @@ adapters listed in its settings and addresses tools as ``adapter.tool``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, MetaData
+from sqlalchemy.orm import Session
 
 from tool_adapters.sdk.spec import NAME_PATTERN, ToolSpec
 
@@ -20,6 +22,10 @@ class Adapter:
 
     ``metadata`` holds the adapter's own tables (created by the gateway's migrate command) and
     ``seed`` fills them with demo or reference data on a connection inside a transaction.
+    ``periodic`` are housekeeping jobs the tool worker runs about once a second (e.g. sending
+    mail that was scheduled for now), each called as ``job(session, settings)`` with a session
+    on the adapter's database that is committed when the job returns, and the adapter's
+    settings. A job must be safe to run concurrently in several workers (lock what it takes).
     """
 
     name: str
@@ -27,11 +33,16 @@ class Adapter:
     metadata: MetaData | None = None
     seed: Callable[[Connection], None] | None = None
     description: str = ""
+    periodic: tuple[Callable[[Session, Mapping[str, Any]], object], ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):
             raise ValueError(f"adapter name {self.name!r} must match {NAME_PATTERN.pattern!r}")
         object.__setattr__(self, "tools", tuple(self.tools))  # a list is accepted, kept frozen
+        object.__setattr__(self, "periodic", tuple(self.periodic))
+        for job in self.periodic:
+            if not callable(job):
+                raise TypeError(f"adapter {self.name!r}: periodic job {job!r} is not callable")
         for spec in self.tools:
             if not isinstance(spec, ToolSpec):
                 raise TypeError(f"adapter {self.name!r}: {spec!r} is not a @tool ToolSpec")

@@ -1,0 +1,1 @@
+"""Test doubles that are real servers, run inside the test process."""
