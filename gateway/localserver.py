@@ -6,6 +6,7 @@ code path as production, and killable with SIGKILL.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -18,6 +19,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from gateway.config import Settings
+
+
+def settings_env(settings: Settings, ledger_url: str | None = None) -> dict[str, str]:
+    """Environment that gives a child process exactly these settings (with the ledger URL
+    already resolved, so it does not start or migrate anything itself)."""
+    env = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is not None:
+            env[f"SPECGATE_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+    if ledger_url is not None:
+        env["SPECGATE_DATABASE_URL"] = ledger_url
+    return env
 
 
 def free_port() -> int:

@@ -24,22 +24,11 @@ from gateway.demo import shop, view
 from gateway.demo.player import ANN, OTHER, Api, DemoError, Player
 from gateway.demo.script import NEEDS, TURNS, default_speed, speech_seconds
 from gateway.demo.timeline import EventFeed, Timeline
-from gateway.localserver import LocalGateway
+from gateway.localserver import LocalGateway, settings_env
 from gateway.migrate import migrate_all
 
 TENANTS = {ANN: "demo-voice-agent", OTHER: "demo-second-app"}
 SSE_CATCH_UP_S = 15.0
-
-
-def child_env(settings: Settings, ledger_url: str) -> dict[str, str]:
-    """The gateway child gets exactly these settings, with the ledger URL already resolved so it
-    does not start or migrate anything itself."""
-    env = {}
-    for name, value in settings.model_dump(mode="json").items():
-        if value is not None:
-            env[f"SPECGATE_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
-    env["SPECGATE_DATABASE_URL"] = ledger_url
-    return env
 
 
 def _keys(ledger_url: str, action: str, keys: dict[str, tuple[str, str]]) -> None:
@@ -67,7 +56,7 @@ def run_demo(settings: Settings, *, speed: float | None = None, fast: bool = Fal
         shop_url = settings.tool_database_urls.get("demo", ledger_url)
         restocked = shop.restock(shop_url, NEEDS)
         settings.home.mkdir(parents=True, exist_ok=True)
-        server = LocalGateway(env=child_env(settings, ledger_url),
+        server = LocalGateway(env=settings_env(settings, ledger_url),
                               log_path=settings.home / "demo-gateway.log")
     keys: dict[str, tuple[str, str]] = {}
     try:

@@ -80,7 +80,8 @@ class Publisher:
             self._pool.submit(publish, self.celery, list(call_ids))
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=False)
+        # What is still queued is in the outbox: the relay sends it, so never wait on a broker.
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def pending(conn: Any, call_id: str) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -101,12 +102,23 @@ def run_worker(settings: Settings, *, concurrency: int | None = None,
             ready_file.parent.mkdir(parents=True, exist_ok=True)
             ready_file.touch()
 
+    stopping = threading.Event()
     signals.worker_ready.connect(ready, weak=False)
+    signals.worker_shutting_down.connect(lambda **_: stopping.set(), weak=False)
     try:
-        worker = celery.Worker(pool="threads", concurrency=concurrency or
-                               settings.worker_concurrency, queues=[QUEUE], loglevel=loglevel,
-                               without_mingle=True, without_gossip=True, without_heartbeat=True)
-        worker.start()
+        while True:
+            worker = celery.Worker(pool="threads", concurrency=concurrency or
+                                   settings.worker_concurrency, queues=[QUEUE],
+                                   loglevel=loglevel, without_mingle=True, without_gossip=True,
+                                   without_heartbeat=True)
+            worker.start()
+            if stopping.is_set():
+                break
+            # Celery gives up when the broker keeps refusing ("frequent restarts"); a worker
+            # that nobody restarts would leave the outbox unserved, so start it again.
+            log.warning("the worker stopped without being asked to (broker unreachable?); "
+                        "starting it again in 1 s")
+            time.sleep(1.0)
     finally:
         housekeeping.stop()
         w.dbs.dispose()
