@@ -68,6 +68,13 @@ class Settings(BaseSettings):
         default=2.0, gt=0, description="An unfinished outbox row nobody works on is sent again "
         "after this, then after doubling delays.")
     relay_max_backoff_s: float = Field(default=30.0, gt=0, description="Cap of those delays.")
+    approval_ttl_s: float = Field(
+        default=600.0, gt=0, description="A call awaiting approval (and its confirmation "
+        "token) expires this long after it was staged; the reaper then denies it.")
+    approval_policy: dict[str, list[str]] = Field(
+        default_factory=dict, description="Per tenant (\"*\": every tenant), tools or effect "
+        "classes that need approval beyond the tools' own flag, e.g. "
+        "{\"acme\": [\"mail.send_email\", \"class:sensitive\"]}.")
     settle_wait_s: float = Field(
         default=10.0, ge=0, description="How long a commit waits for its task calls to finish.")
 

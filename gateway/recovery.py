@@ -46,7 +46,8 @@ def _dead_owner_clause() -> str:
 def reconcile(rt: Runtime, *, startup: bool = False) -> dict[str, int]:
     """One pass; returns counts of what it resolved (for logs, metrics and tests)."""
     counts = {"committed_prepared": 0, "rolled_back_prepared": 0, "finished": 0,
-              "aborted": 0, "expired_turns": 0, "expired_calls": 0}
+              "aborted": 0, "expired_turns": 0, "expired_calls": 0,
+              "denied_approvals": 0}
     with rt.dbs.ledger.connect() as lock_conn:
         if not lock_conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY}).scalar():
             return counts
@@ -162,6 +163,9 @@ def _resolve_orphan(rt: Runtime, scope: TurnScope, counts: dict[str, int]) -> No
 
 
 def _reap(rt: Runtime, counts: dict[str, int]) -> None:
+    from gateway.calls.approvals import deny_expired
+
+    counts["denied_approvals"] = deny_expired(rt)
     query = text(
         "SELECT t.id, t.tenant, t.session_id, t.expires_at < now() AS turn_expired "
         "FROM turns t JOIN sessions s ON s.id = t.session_id WHERE t.status = 'open' AND ("

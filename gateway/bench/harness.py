@@ -1,7 +1,9 @@
-"""What the benchmark stands on: the database, a key, a real gateway server, and machine facts.
+"""What the benchmark stands on: the database, a key, a real gateway server and tool worker,
+and machine facts.
 
-The server is a child process (``LocalGateway``) so the figures include everything production
-pays for: HTTP parsing, the thread pool, JSON, and the ledger writes of every call.
+The server and the worker are child processes (``LocalGateway``, ``LocalWorker``) so the figures
+include everything production pays for: HTTP parsing, the thread pool, JSON, the broker, and the
+ledger writes of every call.
 
 With a configured database the benchmark writes there: it raises the stock of ``SKU``, adds
 copies of that product for the extra sessions, and commits orders under tenant ``bench``.
@@ -9,7 +11,6 @@ copies of that product for the extra sessions, and commits orders under tenant `
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from pathlib import Path
@@ -19,7 +20,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from gateway.config import Settings
-from gateway.localserver import LocalGateway
+from gateway.localserver import LocalGateway, LocalWorker, settings_env
 
 TENANT = "bench"
 ADAPTER = "demo"
@@ -88,17 +89,33 @@ def create_app_key(url: str) -> str:
         engine.dispose()
 
 
-def start_gateway(settings: Settings, url: str, log_path: Path, held: int) -> LocalGateway:
-    """Start ``specgate serve`` on a free port with exactly the benchmark's settings."""
-    env = {
+def child_env(settings: Settings, url: str, held: int, concurrency: int) -> dict[str, str]:
+    """The environment of both children: exactly the benchmark's settings, the gateway's held
+    transactions raised for the sessions, and one worker thread per session, so neither task
+    scenario measures a queue in front of the worker instead of the call."""
+    return {
+        **settings_env(settings, url),
         "SPECGATE_HOME": str(settings.home.resolve()),
-        "SPECGATE_DATABASE_URL": url,
         "SPECGATE_MAX_HELD_TRANSACTIONS": str(held),
-        "SPECGATE_ADAPTERS": json.dumps(settings.adapters),
-        "SPECGATE_TOOL_DATABASE_URLS": json.dumps(settings.tool_database_urls),
+        "SPECGATE_WORKER_CONCURRENCY": str(concurrency),
     }
+
+
+def start_gateway(env: dict[str, str], log_path: Path) -> LocalGateway:
+    """Start ``specgate serve`` on a free port, without a worker of its own."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    return LocalGateway(env=env, log_path=log_path).start()
+    return LocalGateway(env=env, log_path=log_path, worker=False).start()
+
+
+def start_worker(env: dict[str, str], log_path: Path) -> LocalWorker:
+    """Start ``specgate worker`` (task-runner calls and the plain Celery baseline)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    return LocalWorker(env=env, log_path=log_path).start()
+
+
+def broker_kind(settings: Settings) -> str:
+    """For the report: the task figures are mostly the broker's latency."""
+    return "configured" if settings.broker_url else "ledger Postgres (kombu SQL transport)"
 
 
 def _cpu_model() -> str:

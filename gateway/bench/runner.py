@@ -34,15 +34,19 @@ class _Reading:
     """Clock and CPU readings taken by a barrier action, once every session has arrived."""
 
     server_cpu: Callable[[], float] | None
+    worker_cpu: Callable[[], float] | None
     wall: float = 0.0
     client_cpu: float = 0.0
     server: float = 0.0
+    worker: float = 0.0
 
     def take(self) -> None:
         self.wall = time.perf_counter()
         self.client_cpu = time.process_time()
         if self.server_cpu is not None:
             self.server = self.server_cpu()
+        if self.worker_cpu is not None:
+            self.worker = self.worker_cpu()
 
 
 class Interrupted(Exception):
@@ -51,9 +55,11 @@ class Interrupted(Exception):
 
 def run_phase(name: str, workers: list[Worker], *, calls: int, warmup: int,
               advance: Callable[[], None], stop: threading.Event,
-              server_cpu: Callable[[], float] | None = None) -> Phase:
-    """Warm up every session, measure ``calls`` steps per session concurrently, then finish."""
-    start, end = _Reading(server_cpu), _Reading(server_cpu)
+              server_cpu: Callable[[], float] | None = None,
+              worker_cpu: Callable[[], float] | None = None) -> Phase:
+    """Warm up every session, measure ``calls`` steps per session concurrently, then finish.
+    ``server_cpu``/``worker_cpu`` read the CPU seconds of the gateway/tool worker so far."""
+    start, end = _Reading(server_cpu, worker_cpu), _Reading(server_cpu, worker_cpu)
     starting = threading.Barrier(len(workers), action=start.take)
     ending = threading.Barrier(len(workers), action=end.take)
 
@@ -75,7 +81,8 @@ def run_phase(name: str, workers: list[Worker], *, calls: int, warmup: int,
     samples = _run_threads(work, workers, stop, (starting, ending))
     return Phase(scenario=name, sessions=len(workers), samples_s=samples,
                  wall_s=end.wall - start.wall, client_cpu_s=end.client_cpu - start.client_cpu,
-                 server_cpu_s=None if server_cpu is None else end.server - start.server)
+                 server_cpu_s=None if server_cpu is None else end.server - start.server,
+                 worker_cpu_s=None if worker_cpu is None else end.worker - start.worker)
 
 
 def _check(stop: threading.Event) -> None:

@@ -1,4 +1,4 @@
-"""The four measured operations, each as a per-session step that returns only its timed span.
+"""The measured operations, each as a per-session step that returns only its timed span.
 
 A step may issue untimed requests around the timed one (rolling over to a fresh turn, issuing
 the calls a commit will hold), so every scenario measures exactly one operation while turns
@@ -14,14 +14,27 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeout
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from gateway.tasks.celery_app import PLAIN_TASK_NAME, QUEUE
 from tool_adapters.demo import ADAPTER
 from tool_adapters.sdk import ToolContext
 
 CALLS_PER_TURN = 5
 """Timed calls per turn in the call scenarios, and held calls per turn in the commit one."""
+TASK_TOOL = "shipping_quote"
+"""A safe ``task``-runner tool of the demo adapter: it runs in the tool worker."""
+TASK_WAIT_S = 10.0
+"""How long a task call may take, through the gateway (``?wait=``) or plain Celery."""
+PLAIN_POLL_S = 0.005
+"""How often plain Celery's ``AsyncResult.get`` reads the result backend."""
+
+
+def task_arguments(sku: str) -> dict[str, Any]:
+    return {"sku": sku, "quantity": 2, "country": "DE"}
 
 
 class BenchError(RuntimeError):
@@ -55,12 +68,15 @@ class BenchSession:
         data: dict[str, Any] = response.json()
         return data
 
-    def call(self, tool: str, arguments: dict[str, Any], expect: str) -> dict[str, Any]:
-        """Issue a call in the open turn and check the status it settled in."""
+    def call(self, tool: str, arguments: dict[str, Any], expect: str,
+             wait: float = 0) -> dict[str, Any]:
+        """Issue a call in the open turn and check the status it settled in (a task call
+        still ``proposed``/``running`` when ``wait`` ran out fails that check too)."""
         self.cid += 1
         self.in_turn += 1
         body = {"tool": f"demo.{tool}", "client_call_id": self.cid, "arguments": arguments}
-        call = self.post(f"/v1/sessions/{self.sid}/calls", body, 201)
+        query = f"?wait={wait:g}" if wait else ""
+        call = self.post(f"/v1/sessions/{self.sid}/calls{query}", body, 201)
         if call["status"] != expect:
             raise BenchError(f"demo.{tool} settled as {call['status']!r}, expected {expect!r}: "
                              f"{call.get('error')}")
@@ -155,3 +171,42 @@ def commit_step(s: BenchSession) -> float:
     elapsed = _timed(s.commit)
     s.next_turn()
     return elapsed
+
+
+def task_step(s: BenchSession) -> float:
+    """One ``shipping_quote`` through the gateway, answered once the worker has run it: ledger
+    row and outbox, publish, worker, result back through the ledger to the waiting request."""
+    if s.in_turn >= CALLS_PER_TURN:
+        s.settle()
+
+    def call() -> None:
+        quote = s.call(TASK_TOOL, task_arguments(s.sku), expect="succeeded", wait=TASK_WAIT_S)
+        if not isinstance(quote["result"], dict) or quote["result"].get("sku") != s.sku:
+            raise BenchError(f"demo.{TASK_TOOL} returned {quote['result']!r}")
+
+    return _timed(call)
+
+
+@dataclass
+class PlainCelery:
+    """One session of the baseline: the same tool function sent as a plain Celery task on the
+    same broker and worker, no gateway and no ledger. The app may be shared by the sessions:
+    sending takes a producer from its pool, and each thread gets its own result backend."""
+
+    celery: Celery
+    sku: str
+
+
+def plain_celery_step(p: PlainCelery) -> float:
+    """``send_task(...).get()`` of ``shipping_quote``: publish, worker, result backend, poll."""
+    def call() -> None:
+        sent = p.celery.send_task(PLAIN_TASK_NAME, args=[f"demo.{TASK_TOOL}",
+                                                         task_arguments(p.sku)], queue=QUEUE)
+        try:
+            quote = sent.get(timeout=TASK_WAIT_S, interval=PLAIN_POLL_S)
+        except CeleryTimeout as error:
+            raise BenchError(f"plain Celery task not done within {TASK_WAIT_S:g} s") from error
+        if not isinstance(quote, dict) or quote.get("sku") != p.sku:
+            raise BenchError(f"plain Celery {TASK_TOOL} returned {quote!r}")
+
+    return _timed(call)

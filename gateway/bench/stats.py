@@ -23,6 +23,7 @@ class Phase:
     wall_s: float
     client_cpu_s: float
     server_cpu_s: float | None
+    worker_cpu_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,7 @@ class Summary:
     wall_calls_per_s: float
     client_cpu_ms_per_call: float
     server_cpu_ms_per_call: float | None
+    worker_cpu_ms_per_call: float | None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +66,7 @@ def summarize(phase: Phase) -> Summary:
     mean = statistics.fmean(samples_ms) if n else math.nan
     per_call = 1000.0 / n if n else math.nan
     server = None if phase.server_cpu_s is None else phase.server_cpu_s * per_call
+    worker = None if phase.worker_cpu_s is None else phase.worker_cpu_s * per_call
     return Summary(
         scenario=phase.scenario,
         sessions=phase.sessions,
@@ -76,4 +79,5 @@ def summarize(phase: Phase) -> Summary:
         wall_calls_per_s=n / phase.wall_s if phase.wall_s > 0 else 0.0,
         client_cpu_ms_per_call=phase.client_cpu_s * per_call,
         server_cpu_ms_per_call=server,
+        worker_cpu_ms_per_call=worker,
     )

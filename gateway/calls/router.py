@@ -11,10 +11,11 @@ from fastapi import APIRouter, Query
 from sqlalchemy import and_, or_, select
 from starlette.responses import Response
 
-from gateway.calls import service
-from gateway.calls.schemas import CallPage, CallView, CancelCall
+from gateway.auth.service import Principal, Role
+from gateway.calls import approvals, service
+from gateway.calls.schemas import ApprovalDecision, CallPage, CallView, CancelCall
 from gateway.calls.state import CallState, load_calls
-from gateway.deps import CurrentKey, IdempotentDep, RuntimeDep
+from gateway.deps import CurrentKey, Idempotent, IdempotentDep, RuntimeDep
 from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.ledger import models
 from gateway.ledger.states import CallStatus, TurnStatus
@@ -66,6 +67,35 @@ def cancel_call(call_id: str, rt: RuntimeDep, key: CurrentKey, idem: IdempotentD
             ids = scope.client_ids()
             return 200, [sessions_service.call_view(c, ids).model_dump(mode="json")
                          for c in changed]
+
+    return idem.run(handler)
+
+
+@router.post("/{call_id}/approve", response_model=CallView)
+def approve_call(call_id: str, rt: RuntimeDep, key: CurrentKey, idem: IdempotentDep,
+                 body: ApprovalDecision | None = None) -> Response:
+    """Approve a call awaiting approval: an admin key, or the app with the call's
+    ``confirm_token``. The tool worker then runs it once."""
+    return _decide(call_id, rt, key, idem, body, approve=True)
+
+
+@router.post("/{call_id}/deny", response_model=CallView)
+def deny_call(call_id: str, rt: RuntimeDep, key: CurrentKey, idem: IdempotentDep,
+              body: ApprovalDecision | None = None) -> Response:
+    """Deny a call awaiting approval (admin key, or the app with its ``confirm_token``);
+    it never runs."""
+    return _decide(call_id, rt, key, idem, body, approve=False)
+
+
+def _decide(call_id: str, rt: Runtime, key: Principal, idem: Idempotent,
+            body: ApprovalDecision | None, *, approve: bool) -> Response:
+    body = body or ApprovalDecision()
+
+    def handler() -> tuple[int, object]:
+        call = approvals.decide(rt, key.tenant, call_id, approve=approve,
+                                admin=key.role == Role.ADMIN, token=body.confirm_token,
+                                reason=body.reason)
+        return 200, sessions_service.call_view(call, {}).model_dump(mode="json")
 
     return idem.run(handler)
 

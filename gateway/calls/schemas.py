@@ -68,6 +68,17 @@ class CallView(BaseModel):
     finished_at: datetime | None
     decided_at: datetime | None
     expires_at: datetime | None
+    approval_expires_at: datetime | None = None
+    confirm_token: str | None = Field(
+        default=None, description="Only in the answer that staged a call needing approval: "
+        "the single-use token with which the app (not only an admin) may approve it.")
+
+
+class ApprovalDecision(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    confirm_token: str | None = Field(default=None, description="Needed with an app key.")
+    reason: str | None = Field(default=None, max_length=500)
 
 
 class CallPage(BaseModel):

@@ -16,9 +16,11 @@ from pydantic import ValidationError
 
 from gateway import metrics
 from gateway.calls import placeholders
+from gateway.calls.approvals import issue_token, needs_approval
 from gateway.calls.execution import CallIdentity, Outcome, hold_for, run_db_tool
 from gateway.calls.schemas import IssueCall
 from gateway.calls.state import CallState, TurnScope
+from gateway.config import Settings
 from gateway.errors import Conflict, InvalidArguments
 from gateway.ledger import models
 from gateway.ledger.service import (
@@ -64,6 +66,7 @@ def _dependencies(scope: TurnScope, request: IssueCall,
 
 
 def _check_request(scope: TurnScope, tool: RegisteredTool, request: IssueCall,
+                   rt_settings: Settings,
                    ) -> tuple[CallState | None, list[CallState], dict[str, Any] | None]:
     """Everything that can refuse the request: (superseded call, dependencies, resolved args
     or None when a dependency has no result yet)."""
@@ -83,6 +86,10 @@ def _check_request(scope: TurnScope, tool: RegisteredTool, request: IssueCall,
     if unknown:
         raise InvalidArguments(f"unknown argument {sorted(unknown)[0]!r} for {tool.name!r}",
                                code="invalid_arguments")
+    if tool.spec.runner == Runner.DB and needs_approval(rt_settings, scope.turn.tenant, tool):
+        raise Conflict(f"{tool.name!r} needs approval, which this gateway supports for task-"
+                       "runner tools only (a db-runner turn would be held prepared across it)",
+                       code="approval_unsupported")
     deps = _dependencies(scope, request, superseded)
     if any(not d.has_result for d in deps):
         if tool.spec.runner == Runner.TASK and tool.spec.effect != Effect.SENSITIVE:
@@ -102,15 +109,21 @@ def _check_request(scope: TurnScope, tool: RegisteredTool, request: IssueCall,
     return superseded, deps, resolved
 
 
-def issue_call(rt: Runtime, scope: TurnScope, request: IssueCall) -> CallState:
+def issue_call(rt: Runtime, scope: TurnScope, request: IssueCall,
+               ) -> tuple[CallState, str | None]:
+    """Issue a call; returns it and, for a call staged until an approval, the confirmation
+    token the app may approve it with (shown this once)."""
     tool = rt.registry.get(request.tool)
-    superseded, deps, resolved = _check_request(scope, tool, request)
-    runs_now = resolved is not None and tool.spec.effect != Effect.SENSITIVE
+    superseded, deps, resolved = _check_request(scope, tool, request, rt.settings)
+    approval = needs_approval(rt.settings, scope.turn.tenant, tool)
+    runs_now = resolved is not None and tool.spec.effect != Effect.SENSITIVE and not approval
     if runs_now and tool.spec.effect == Effect.REVERSIBLE:
         hold_for(rt, scope.turn.id, tool.adapter.name)  # may refuse (429/503): before any write
     if superseded is not None:
         cancel_calls(rt, scope, [superseded], reason="superseded")
     call = _new_call(scope, tool, request, deps, superseded)
+    call.requires_approval = approval
+    token = None
     if runs_now and tool.spec.runner == Runner.TASK:
         assert resolved is not None
         _enqueue(rt, scope, call, tool, resolved)
@@ -118,9 +131,11 @@ def issue_call(rt: Runtime, scope: TurnScope, request: IssueCall) -> CallState:
         assert resolved is not None
         _run_now(rt, scope, call, tool, resolved)
     else:
+        if approval:
+            token = issue_token(rt.settings, call)
         _record(rt, scope, call, [Move(call.subject, None, S.PROPOSED, {"tool": tool.name})])
         _stage(rt, call, tool, resolved)
-    return call
+    return call, token
 
 
 def _new_call(scope: TurnScope, tool: RegisteredTool, request: IssueCall,

@@ -50,6 +50,9 @@ class CallState:
     finished_at: datetime | None = None
     decided_at: datetime | None = None
     expires_at: datetime | None = None
+    confirm_token_hash: str | None = None
+    confirm_digest: str | None = None
+    approval_expires_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> CallState:

@@ -125,6 +125,9 @@ class Call(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    confirm_token_hash: Mapped[str | None] = mapped_column(String(64))
+    confirm_digest: Mapped[str | None] = mapped_column(String(64))
+    approval_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class CallEvent(Base):

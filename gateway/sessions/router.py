@@ -58,11 +58,13 @@ def issue_call(session_id: str, body: IssueCall, rt: RuntimeDep, key: CurrentKey
 
     def handler() -> tuple[int, object]:
         with service.scope_of(rt, key.tenant, session_id) as scope:
-            call = calls_service.issue_call(rt, scope, body)
+            call, token = calls_service.issue_call(rt, scope, body)
             ids = scope.client_ids()
         if wait and call.status in calls_service.WORKER_OWNED:  # outside the session's lock
             calls_service.wait_settled(rt, [call], min(wait, rt.settings.wait_max_s))
-        return 201, service.call_view(call, ids).model_dump(mode="json")
+        view = service.call_view(call, ids)
+        view.confirm_token = token
+        return 201, view.model_dump(mode="json")
 
     return idem.run(handler)
 

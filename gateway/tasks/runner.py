@@ -127,32 +127,40 @@ def _move_now(w: WorkerContext, call: CallState, target: str, **values: Any) -> 
     return True
 
 
-def _invoke(w: WorkerContext, call: CallState, tool: RegisteredTool,
-            fn: Callable[[ToolContext], Any], key: str) -> _Attempt:
-    """Run a tool function with its context; a session on the adapter's database when it has
-    tables, committed when the function returns."""
+def invoke(w: WorkerContext, tool: RegisteredTool, fn: Callable[[ToolContext], Any], *,
+           call_id: str, key: str, tenant: str, session_id: str, turn_id: str) -> Any:
+    """Run a tool function with its context: the adapter's settings, and a session on the
+    adapter's database when it has tables, committed when the function returns."""
     adapter = tool.adapter
-    settings = w.settings.adapter_settings.get(adapter.name, {})
     session = None
     if adapter.metadata is not None:
         session = Session(bind=w.dbs.tool_engine(adapter.name))
-    ctx = ToolContext(call_id=call.id, idempotency_key=key, tenant=call.tenant,
-                      session_id=call.session_id, turn_id=call.turn_id, db=session,
-                      settings=settings, logger=logging.getLogger(f"specgate.tool.{tool.name}"))
+    ctx = ToolContext(call_id=call_id, idempotency_key=key, tenant=tenant,
+                      session_id=session_id, turn_id=turn_id, db=session,
+                      settings=w.settings.adapter_settings.get(adapter.name, {}),
+                      logger=logging.getLogger(f"specgate.tool.{tool.name}"))
     try:
         value = fn(ctx)
         if session is not None:
             session.commit()
-        return _Attempt(True, result=value)
+        return value
+    finally:
+        if session is not None:
+            session.close()
+
+
+def _invoke(w: WorkerContext, call: CallState, tool: RegisteredTool,
+            fn: Callable[[ToolContext], Any], key: str) -> _Attempt:
+    try:
+        return _Attempt(True, result=invoke(w, tool, fn, call_id=call.id, key=key,
+                                            tenant=call.tenant, session_id=call.session_id,
+                                            turn_id=call.turn_id))
     except ToolError as error:
         return _Attempt(False, error={"code": error.code, "message": error.message})
     except Exception as error:  # transient (network, a service down) or a bug: retried
         log.warning("call %s (%s) failed: %r", call.id, tool.name, error)
         return _Attempt(False, error={"code": "tool_unavailable", "message": repr(error)},
                         transient=True)
-    finally:
-        if session is not None:
-            session.close()
 
 
 def _message(attempt: _Attempt) -> str | None:

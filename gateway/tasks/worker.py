@@ -21,9 +21,8 @@ from gateway.config import Settings
 from gateway.db import Databases
 from gateway.tasks import outbox
 from gateway.tasks.celery_app import PLAIN_TASK_NAME, QUEUE, TASK_NAME, make_celery
-from gateway.tasks.runner import WorkerContext, process
+from gateway.tasks.runner import WorkerContext, invoke, process
 from gateway.tools.registry import load_registry
-from tool_adapters.sdk import ToolContext
 
 log = logging.getLogger("specgate.worker")
 
@@ -45,10 +44,8 @@ def build(settings: Settings) -> tuple[Celery, WorkerContext]:
     def plain_tool(tool_name: str, arguments: dict[str, Any]) -> Any:
         """A tool function run the plain Celery way, with no ledger: the benchmark's baseline."""
         tool = w.registry.get(tool_name)
-        ctx = ToolContext(call_id="plain", idempotency_key="plain", tenant="plain",
-                          session_id="plain", turn_id="plain",
-                          settings=settings.adapter_settings.get(tool.adapter.name, {}))
-        return tool.spec.invoke(ctx, arguments)
+        return invoke(w, tool, lambda ctx: tool.spec.invoke(ctx, arguments), call_id="plain",
+                      key="plain", tenant="plain", session_id="plain", turn_id="plain")
 
     return celery, w
 

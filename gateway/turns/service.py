@@ -115,7 +115,8 @@ def commit_turn(rt: Runtime, scope: TurnScope, keep: list[str] | None) -> TurnSc
         calls_service.cancel_calls(rt, scope, dropped, reason="not kept at commit")
         outcomes = _run_staged(rt, scope)
         dispatch = [c.id for c in scope.calls if c.live and c.runner == "task"
-                    and c.status == S.STAGED and outcomes[c.id]["status"] == S.COMMITTED]
+                    and c.status == S.STAGED and outcomes[c.id]["status"] == S.COMMITTED
+                    and not c.requires_approval]  # those wait for their approval
         _decide(rt, scope, outcomes, dispatch)
     except Exception as error:
         log.exception("commit of turn %r failed; aborting it", scope.turn.id)
@@ -204,11 +205,15 @@ def finalize(rt: Runtime, scope: TurnScope, outcomes: dict[str, dict[str, Any]])
         if "resolved_arguments" in outcome:
             values["resolved_arguments"] = outcome["resolved_arguments"]
         moves.append(CallMove(call.subject, call.status, outcome["status"], values))
+    waiting = [CallMove(m.subject, S.COMMITTED, S.AWAITING_APPROVAL, {})
+               for m in moves if m.target == S.COMMITTED
+               and scope.by_id(m.subject.call_id or "").requires_approval]
     with rt.dbs.fast() as conn, conn.transaction():
         transition_calls(conn, scope.turn.tenant, moves)
+        transition_calls(conn, scope.turn.tenant, waiting)
         transition_turn(conn, scope.turn.subject, scope.turn.status, T.COMMITTED,
                         {"decided_at": at})
-    for move in moves:
+    for move in [*moves, *waiting]:
         call = scope.by_id(move.subject.call_id or "")
         metrics.call_moved(call.effect, move.target)
         call.status = move.target

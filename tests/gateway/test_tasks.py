@@ -34,6 +34,7 @@ from tests.support.booking_service import LocalBookingService
 from tests.support.proxy import CuttableProxy
 from tests.support.smtp import LocalSmtp
 
+APPROVALS = "approvals-tenant"  # its policy puts mail.send_email under approval
 TERMINAL = {"compensated", "compensation_failed", "cancelled", "succeeded", "failed",
             "committed", "expired", "aborted"}
 
@@ -45,6 +46,7 @@ def task_settings(pg_home: Path, ledger_url: str, smtp: LocalSmtp, booking: Loca
         "adapter_settings": {"mail": smtp.settings, "booking": {"base_url": booking.url}},
         "relay_period_s": 0.2, "relay_grace_s": 0.5, "relay_max_backoff_s": 1.0,
         "task_retry_base_s": 0.05, "task_max_attempts": 3, "settle_wait_s": 15.0,
+        "approval_policy": {APPROVALS: ["mail.send_email", "class:sensitive"]},
         **overrides,
     }
     return Settings(**values)
@@ -142,9 +144,9 @@ def world(module_world: TaskWorld) -> TaskWorld:
     return module_world
 
 
-def _new_key(ledger_url: str) -> str:
+def _new_key(ledger_url: str, tenant: str | None = None, role: str = "app") -> str:
     engine = make_engine(ledger_url, pool_size=1)
-    _, key = create_key(engine, f"t-{uuid.uuid4().hex[:8]}", "app")
+    _, key = create_key(engine, tenant or f"t-{uuid.uuid4().hex[:8]}", role)
     engine.dispose()
     return key
 
@@ -324,3 +326,103 @@ def _broker_down_at_commit(pg_home: Path, ledger_url: str, smtp: LocalSmtp,
             assert len(smtp.messages) == 1
             final = api.get(f"/v1/calls/{call['id']}").json()
             assert final["status"] == "succeeded"
+
+
+def _awaiting(world: TaskWorld, arguments: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """A mail of the approvals tenant, staged, its turn committed: (call, confirm token)."""
+    sid, tid = world.session()
+    staged = world.call(sid, "1", "mail.send_email", arguments)
+    assert staged["status"] == "staged" and staged["requires_approval"]
+    token = staged["confirm_token"]
+    assert token.startswith("sgc_")
+    turn = world.api.post(f"/v1/sessions/{sid}/turns/{tid}/commit", {}, expect=200).json()
+    assert [c["status"] for c in turn["calls"]] == ["awaiting_approval"]
+    assert world.status(staged["id"])["confirm_token"] is None  # shown once, never again
+    return staged, token
+
+
+@pytest.fixture
+def approver(world: TaskWorld) -> TaskWorld:
+    world.api = Api(world.api.client, _new_key(world.ledger_url, APPROVALS))
+    return world
+
+
+def test_confirm_token_approves_once(approver: TaskWorld) -> None:
+    world = approver
+    call, token = _awaiting(world, MAIL)
+    time.sleep(1.0)
+    assert world.smtp.messages == []  # committed, but not approved: nothing sent (I5)
+    refused = world.api.post(f"/v1/calls/{call['id']}/approve", {}, expect=403).json()
+    assert refused["error"]["code"] == "confirm_token_required"
+    wrong = world.api.post(f"/v1/calls/{call['id']}/approve", {"confirm_token": "sgc_nope"},
+                           expect=403).json()
+    assert wrong["error"]["code"] == "invalid_confirm_token"
+    approved = world.api.post(f"/v1/calls/{call['id']}/approve", {"confirm_token": token},
+                              expect=200).json()
+    assert approved["status"] == "approved"
+    world.smtp.wait_for(1, timeout_s=20)
+    assert world.until(call["id"], {"succeeded"})["status"] == "succeeded"
+    again = world.api.post(f"/v1/calls/{call['id']}/approve", {"confirm_token": token},
+                           expect=409).json()
+    assert again["error"]["code"] == "not_awaiting_approval"
+    time.sleep(0.5)
+    assert len(world.smtp.messages) == 1
+
+
+def test_confirm_token_is_bound_to_its_call_and_arguments(approver: TaskWorld) -> None:
+    world = approver
+    first, token = _awaiting(world, MAIL)
+    other, _ = _awaiting(world, {**MAIL, "to": "bob@example.com"})
+    refused = world.api.post(f"/v1/calls/{other['id']}/approve", {"confirm_token": token},
+                             expect=403).json()
+    assert refused["error"]["code"] == "invalid_confirm_token"
+    assert world.status(other["id"])["status"] == "awaiting_approval"
+    assert world.status(first["id"])["status"] == "awaiting_approval"
+
+
+def test_expired_approval_is_refused_then_denied_by_the_reaper(approver: TaskWorld) -> None:
+    from gateway.calls.approvals import deny_expired
+
+    world = approver
+    call, token = _awaiting(world, MAIL)
+    engine = create_engine(world.ledger_url, poolclass=NullPool)
+    with engine.begin() as conn:  # its time has passed
+        conn.execute(text("UPDATE calls SET approval_expires_at = now() - interval '1 second' "
+                          "WHERE id = :c"), {"c": call["id"]})
+    engine.dispose()
+    late = world.api.post(f"/v1/calls/{call['id']}/approve", {"confirm_token": token},
+                          expect=409).json()
+    assert late["error"]["code"] == "approval_expired"
+    assert deny_expired(world.api.client.app.state.runtime) >= 1
+    assert world.status(call["id"])["status"] == "denied"
+    time.sleep(1.0)
+    assert world.smtp.messages == []
+
+
+def test_admin_deny_leaves_no_effect(approver: TaskWorld) -> None:
+    world = approver
+    call, _ = _awaiting(world, MAIL)
+    admin = Api(world.api.client, _new_key(world.ledger_url, APPROVALS, "admin"))
+    denied = admin.post(f"/v1/calls/{call['id']}/deny", {"reason": "customer changed mind"},
+                        expect=200).json()
+    assert denied["status"] == "denied"
+    time.sleep(1.0)
+    assert world.smtp.messages == [] and world.pending(call["id"]) == 0
+
+
+def test_other_tenant_cannot_approve(approver: TaskWorld) -> None:
+    world = approver
+    call, token = _awaiting(world, MAIL)
+    stranger = Api(world.api.client, _new_key(world.ledger_url, None, "admin"))
+    stranger.post(f"/v1/calls/{call['id']}/approve", {"confirm_token": token}, expect=404)
+    assert world.status(call["id"])["status"] == "awaiting_approval"
+
+
+def test_db_runner_call_needing_approval_is_refused_clearly(approver: TaskWorld) -> None:
+    world = approver
+    sid, _ = world.session()
+    body = {"tool": "demo.place_order", "client_call_id": "1",
+            "arguments": {"order_id": "O-x-1", "card_last4": "4242"}}
+    refused = world.api.post(f"/v1/sessions/{sid}/calls", body, expect=409).json()
+    assert refused["error"]["code"] == "approval_unsupported"
+    assert world.api.get(f"/v1/sessions/{sid}").json()["turns"][0]["calls"] == []

@@ -144,10 +144,35 @@ def place_order(ctx: ToolContext, order_id: str,
     return _order(ctx, order_id)
 
 
+_SHIPPING_BASE_CENTS = {"DE": 490, "FR": 690, "US": 1490}
+
+
+@tool(effect="safe", runner="task")
+def shipping_quote(ctx: ToolContext, sku: str, quantity: Annotated[int, Field(ge=1)] = 1,
+                   country: str = "DE") -> dict[str, object]:
+    """Quote shipping for some units of a product. Runs in the tool worker (runner ``task``),
+    where a carrier's rate service would be asked.
+
+    Args:
+        sku: The product to ship.
+        quantity: How many units.
+        country: Destination country code: DE, FR or US.
+    """
+    base = _SHIPPING_BASE_CENTS.get(country.upper())
+    if base is None:
+        raise ToolRetry(f"no shipping to {country!r}; choose one of {sorted(_SHIPPING_BASE_CENTS)}")
+    found = ctx.session.execute(
+        select(schema.products.c.sku).where(schema.products.c.sku == sku)).first()
+    if found is None:
+        raise ToolRetry(f"no product {sku!r}")
+    return {"sku": sku, "quantity": quantity, "country": country.upper(),
+            "cost_cents": base + 120 * (quantity - 1)}
+
+
 ADAPTER = Adapter(
     name="demo",
     description="A small coffee shop: catalogue, orders, payment.",
-    tools=(list_products, get_order, create_order, add_item, place_order),
+    tools=(list_products, get_order, create_order, add_item, place_order, shipping_quote),
     metadata=schema.metadata,
     seed=schema.seed,
 )
