@@ -1,10 +1,11 @@
 """``specgate bench gateway``: what a tool call costs alone, through the gateway, held, and
-committed — at several concurrencies, measured side by side in one run on one machine.
+committed, and what a task-runner call costs through the gateway against plain Celery — at
+several concurrencies, measured side by side in one run on one machine.
 
 Why one run: latency figures from different runs (or machines) are not comparable, and the
 gateway's overhead is a difference of two of them. The client, the gateway and Postgres share
 the machine's CPUs, so at high concurrency the client's own work is part of what is measured;
-the report says so and records the CPU used per call by the client and by the gateway.
+the report says so and records the CPU used per call by the client, the gateway and the worker.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 import psutil
 import typer
+from celery import Celery
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import Engine
@@ -29,17 +31,21 @@ from gateway.bench.runner import Worker, run_phase
 from gateway.bench.scenarios import (
     CALLS_PER_TURN,
     BenchSession,
+    PlainCelery,
     commit_step,
     direct_step,
     http_floor_step,
+    plain_celery_step,
     reversible_step,
     safe_step,
+    task_step,
 )
 from gateway.bench.stats import Summary, summarize
 from gateway.config import Settings
-from gateway.localserver import LocalGateway
+from gateway.localserver import LocalGateway, LocalWorker
 
-SCENARIOS = ("direct", "http_floor", "safe", "reversible", "commit")
+SCENARIOS = ("direct", "http_floor", "safe", "reversible", "commit", "plain_celery", "task")
+TASK_SCENARIOS = frozenset({"plain_celery", "task"})
 DEFAULT_CALLS = 200
 DEFAULT_TOTAL_AT_CONCURRENCY = 160
 
@@ -82,23 +88,34 @@ class _Run:
     """Everything the phases share while the gateway is up."""
 
     gateway: LocalGateway
+    worker: LocalWorker
     sessions: list[BenchSession]
     engine: Engine
+    celery: Celery
     progress: Progress
     stop: threading.Event = field(default_factory=threading.Event)
 
     def server_cpu(self) -> float:
-        assert self.gateway.process is not None
-        cpu = psutil.Process(self.gateway.process.pid).cpu_times()
-        return float(cpu.user + cpu.system)
+        return _cpu_seconds(self.gateway)
+
+    def worker_cpu(self) -> float:
+        return _cpu_seconds(self.worker)
+
+
+def _cpu_seconds(child: LocalGateway | LocalWorker) -> float:
+    assert child.process is not None
+    cpu = psutil.Process(child.process.pid).cpu_times()
+    return float(cpu.user + cpu.system)
 
 
 def _workers(run: _Run, scenario: str, count: int) -> list[Worker]:
     chosen = run.sessions[:count]
     if scenario == "direct":
         return [Worker(partial(direct_step, run.engine, s.order_id)) for s in chosen]
+    if scenario == "plain_celery":
+        return [Worker(partial(plain_celery_step, PlainCelery(run.celery, s.sku))) for s in chosen]
     step = {"http_floor": http_floor_step, "safe": safe_step, "reversible": reversible_step,
-            "commit": commit_step}[scenario]
+            "commit": commit_step, "task": task_step}[scenario]
     return [Worker(partial(step, s), s.settle) for s in chosen]
 
 
@@ -112,9 +129,11 @@ def _measure(run: _Run, options: Options) -> list[Summary]:
         for scenario in SCENARIOS:
             run.progress.start_task(tasks[scenario, n])
             advance: Callable[[], None] = partial(run.progress.advance, tasks[scenario, n])
+            gateway = scenario not in ("direct", "plain_celery")
             phase = run_phase(scenario, _workers(run, scenario, n), calls=options.calls_at(n),
                               warmup=options.warmup_at(n), advance=advance, stop=run.stop,
-                              server_cpu=None if scenario == "direct" else run.server_cpu)
+                              server_cpu=run.server_cpu if gateway else None,
+                              worker_cpu=run.worker_cpu if scenario in TASK_SCENARIOS else None)
             summaries.append(summarize(phase))
     return summaries
 
@@ -127,25 +146,34 @@ def _progress(console: Console) -> Progress:
 @contextmanager
 def _gateway_up(settings: Settings, url: str, tool_url: str, key: str,
                 options: Options, console: Console) -> Iterator[_Run]:
-    """Start the server, the sessions and the direct engine; tear all down on any exit,
-    Ctrl-C included."""
+    """Start the server, its tool worker, the sessions, the direct engine and the Celery client;
+    tear all down on any exit, Ctrl-C included (a failed start too: no child is left behind)."""
     from gateway.db import make_engine
+    from gateway.tasks.celery_app import make_celery
 
     most = max(options.sessions)
-    log_path = settings.home.resolve() / "bench-gateway.log"
-    gateway = harness.start_gateway(settings, url, log_path, held=max(64, 2 * most))
-    engine = make_engine(tool_url, pool_size=most, max_overflow=0)
-    sessions: list[BenchSession] = []
-    try:
+    env = harness.child_env(settings, url, held=max(64, 2 * most), concurrency=most)
+    logs = settings.home.resolve()
+    with ExitStack() as stack:
+        gateway = harness.start_gateway(env, logs / "bench-gateway.log")
+        stack.callback(gateway.stop)
+        worker = harness.start_worker(env, logs / "bench-worker.log")
+        stack.callback(worker.stop)  # runs first: the worker goes before its gateway
+        engine = make_engine(tool_url, pool_size=most, max_overflow=0)
+        stack.callback(engine.dispose)
+        celery = make_celery(settings, url)
+        stack.callback(celery.close)
+        sessions: list[BenchSession] = []
+        stack.callback(_close_all, sessions)
         for i in range(most):  # one by one: create_order numbers orders by counting them
             sessions.append(BenchSession.connect(gateway.url, key, harness.bench_sku(i)).open())
         with _progress(console) as progress:
-            yield _Run(gateway, sessions, engine, progress)
-    finally:
-        for session in sessions:
-            session.http.close()
-        engine.dispose()
-        gateway.stop()
+            yield _Run(gateway, worker, sessions, engine, celery, progress)
+
+
+def _close_all(sessions: list[BenchSession]) -> None:
+    for session in sessions:
+        session.http.close()
 
 
 def run_benchmark(settings: Settings, options: Options,
@@ -177,6 +205,8 @@ def options_as_dict(options: Options, settings: Settings) -> dict[str, Any]:
         "calls": {str(n): options.calls_at(n) for n in options.sessions},
         "warmup": {str(n): options.warmup_at(n) for n in options.sessions},
         "calls_per_turn": CALLS_PER_TURN,
+        "broker": harness.broker_kind(settings),
+        "worker_concurrency": max(options.sessions),
         "database": "embedded" if settings.embedded else "configured",
         "home": str(settings.home.resolve()),
     }
@@ -200,5 +230,5 @@ def main(sessions: str, calls: int | None, out: str | None, home: str,
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
-    """SIGTERM unwinds like Ctrl-C, so the gateway child is stopped rather than orphaned."""
+    """SIGTERM unwinds like Ctrl-C, so the gateway and worker are stopped, not orphaned."""
     raise SystemExit(128 + signum)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
@@ -26,6 +26,8 @@ TENANT = "bench"
 ADAPTER = "demo"
 SKU = "filter"
 BENCH_STOCK = 1_000_000
+
+_Child = TypeVar("_Child", LocalGateway, LocalWorker)
 
 
 def bench_settings(settings: Settings, home: Path) -> Settings:
@@ -103,14 +105,25 @@ def child_env(settings: Settings, url: str, held: int, concurrency: int) -> dict
 
 def start_gateway(env: dict[str, str], log_path: Path) -> LocalGateway:
     """Start ``specgate serve`` on a free port, without a worker of its own."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    return LocalGateway(env=env, log_path=log_path, worker=False).start()
+    return _started(LocalGateway(env=env, log_path=log_path, worker=False))
 
 
 def start_worker(env: dict[str, str], log_path: Path) -> LocalWorker:
     """Start ``specgate worker`` (task-runner calls and the plain Celery baseline)."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    return LocalWorker(env=env, log_path=log_path).start()
+    return _started(LocalWorker(env=env, log_path=log_path))
+
+
+def _started(child: _Child) -> _Child:
+    """Start ``child``; stop it again if its start fails or is interrupted (Ctrl-C while it
+    boots), so that no caller ever holds a half-started child it does not know of."""
+    assert child.log_path is not None
+    child.log_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        child.start()
+    except BaseException:
+        child.stop()
+        raise
+    return child
 
 
 def broker_kind(settings: Settings) -> str:

@@ -20,8 +20,11 @@ LABELS = {
     "safe": "safe call (get_order)",
     "reversible": "held call (add_item)",
     "commit": "commit, 5 held calls",
+    "plain_celery": "plain Celery (shipping_quote)",
+    "task": "task call (shipping_quote)",
 }
 OVERHEAD_LABEL = "overhead safe−direct"
+TASK_OVERHEAD_LABEL = "overhead task−plain"
 OVERHEAD_TARGET_MS = 2.0
 COMMIT_TARGET_MS = 10.0
 JSON_NAME = "bench_gateway.json"
@@ -39,6 +42,17 @@ NOTES = [
     "gw CPU = the gateway process's CPU per measured operation, including the untimed "
     "requests of its step (a turn commit + reopen every 5 calls; for a commit, its 5 "
     "add_items and the reopen)",
+    "task call = demo.shipping_quote through the gateway with ?wait= (ledger row and outbox, "
+    "published to the broker, run by a separate worker process, result back through the "
+    "ledger); plain Celery = the same function on the same broker and worker, send_task + "
+    "AsyncResult.get(interval=5 ms) from this process, no gateway and no ledger",
+    "with no broker configured, the broker is the ledger's Postgres through kombu's SQL "
+    "transport, which the worker polls every 20 ms: most of both task figures is that wait; "
+    "the plain baseline's db result backend also opens a new connection per poll and per "
+    "stored result (Celery's way outside a forked worker): that is most of its client CPU "
+    "(line above), and at concurrency its polls compete with the worker for the CPUs",
+    "the worker runs one thread per session (largest concurrency), so no call waits for a "
+    "free one; tool worker CPU (line above) = the worker process's CPU per task call",
 ]
 
 
@@ -47,8 +61,10 @@ def _by(summaries: list[Summary], scenario: str) -> dict[int, Summary]:
 
 
 def derived(summaries: list[Summary]) -> dict[str, list[dict[str, Any]]]:
-    """Gateway overhead (safe p50 − direct p50) and the commit target, per concurrency."""
+    """Gateway overhead (safe p50 − direct p50), the commit target, and the task runner's
+    overhead over plain Celery (task p50 − plain p50, no target), per concurrency."""
     direct, safe, commit = (_by(summaries, k) for k in ("direct", "safe", "commit"))
+    plain, task = _by(summaries, "plain_celery"), _by(summaries, "task")
     overhead = [
         {"sessions": n, "p50_ms": safe[n].p50_ms - direct[n].p50_ms,
          "target_ms": OVERHEAD_TARGET_MS,
@@ -60,7 +76,10 @@ def derived(summaries: list[Summary]) -> dict[str, list[dict[str, Any]]]:
          "ok": c.p50_ms <= COMMIT_TARGET_MS}
         for n, c in sorted(commit.items())
     ]
-    return {"gateway_overhead": overhead, "commit_5_held": commits}
+    task_overhead = [{"sessions": n, "p50_ms": task[n].p50_ms - plain[n].p50_ms}
+                     for n in sorted(set(plain) & set(task))]
+    return {"gateway_overhead": overhead, "commit_5_held": commits,
+            "task_overhead": task_overhead}
 
 
 def build(summaries: list[Summary], machine: dict[str, Any], options: dict[str, Any], *,
@@ -80,7 +99,11 @@ def build(summaries: list[Summary], machine: dict[str, Any], options: dict[str, 
 
 
 def _ms(value: float | None) -> str:
-    return "–" if value is None or math.isnan(value) else f"{value:.1f}"
+    """One decimal below 100 ms; above, a tenth of a millisecond is noise and would widen the
+    table past 80 columns (task calls at concurrency reach seconds)."""
+    if value is None or math.isnan(value):
+        return "–"
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}"
 
 
 def _mark(entry: dict[str, Any]) -> str:
@@ -108,30 +131,42 @@ def _rows(table: Table, result: dict[str, Any]) -> None:
                           _ms(r["p50_ms"]), _ms(r["p99_ms"]), f"{r['calls_per_s']:.0f}",
                           _ms(r["server_cpu_ms_per_call"]), target,
                           end_section=i == len(rows) - 1)
-    for i, e in enumerate(result["derived"]["gateway_overhead"]):
+    overheads = result["derived"]["gateway_overhead"]
+    for i, e in enumerate(overheads):
         table.add_row(OVERHEAD_LABEL if i == 0 else "", str(e["sessions"]), "",
-                      _ms(e["p50_ms"]), "", "", "", _mark(e))
+                      _ms(e["p50_ms"]), "", "", "", _mark(e),
+                      end_section=i == len(overheads) - 1)
+    for i, e in enumerate(result["derived"]["task_overhead"]):
+        table.add_row(TASK_OVERHEAD_LABEL if i == 0 else "", str(e["sessions"]), "",
+                      _ms(e["p50_ms"]), "", "", "", "")
 
 
 def render(console: Console, result: dict[str, Any]) -> None:
-    """One table: each scenario at each concurrency, then the derived overhead, then notes."""
+    """One table: each scenario at each concurrency, then the derived overheads, then notes."""
     table = _table()
     _rows(table, result)
     console.print(table)
     m = result["machine"]
     console.print(f"[dim]{m['cpu_count']} CPUs ({m['cpu_model']}), Python {m['python']}, "
                   f"Postgres {m['postgres']}; client CPU per call: "
-                  f"{_client_cpu(result)}[/]")
+                  f"{_client_cpu(result)}; tool worker CPU per call: {_worker_cpu(result)}[/]")
     for note in NOTES:
         console.print(f"[dim]• {note}[/]")
 
 
 def _client_cpu(result: dict[str, Any]) -> str:
-    """The benchmark process's CPU per HTTP scenario call, by concurrency (what it took from
-    the gateway and Postgres)."""
+    """The benchmark process's CPU per call of a gateway call and of a plain Celery one, by
+    concurrency (what it took from the gateway, the worker and Postgres)."""
     parts = [f"{r['client_cpu_ms_per_call']:.1f} ms ({r['scenario']} ×{r['sessions']})"
-             for r in result["results"] if r["scenario"] == "safe"]
+             for r in result["results"] if r["scenario"] in ("safe", "plain_celery")]
     return ", ".join(parts)
+
+
+def _worker_cpu(result: dict[str, Any]) -> str:
+    """The tool worker's CPU per call of the two task scenarios: where their cost goes."""
+    parts = [f"{_ms(r['worker_cpu_ms_per_call'])} ms ({r['scenario']} ×{r['sessions']})"
+             for r in result["results"] if r.get("worker_cpu_ms_per_call") is not None]
+    return ", ".join(parts) or "–"
 
 
 def write(result: dict[str, Any], out: Path) -> Path:

@@ -212,7 +212,7 @@ def wait_settled(rt: Runtime, calls: list[CallState], timeout_s: float) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(pause)
-        pause = min(pause * 2, 0.05)
+        pause = min(pause * 2, 0.01)
 
 
 def drop_task_call(rt: Runtime, call: CallState, target: str, reason: str) -> None:

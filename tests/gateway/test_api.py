@@ -176,7 +176,8 @@ def test_tools_registry_lists_classes_and_schemas(shop: Any) -> None:
     assert {n: t["effect"] for n, t in tools.items()} == {
         "demo.list_products": "safe", "demo.get_order": "safe",
         "demo.create_order": "reversible", "demo.add_item": "reversible",
-        "demo.place_order": "sensitive"}
+        "demo.place_order": "sensitive", "demo.shipping_quote": "safe"}
+    assert tools["demo.shipping_quote"]["runner"] == "task"
     schema = tools["demo.add_item"]["parameters"]
     assert schema["additionalProperties"] is False
     assert set(schema["required"]) == {"order_id", "sku"}

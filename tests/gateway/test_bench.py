@@ -1,5 +1,6 @@
 """``specgate bench gateway`` with tiny numbers against the test database: every scenario at
-every concurrency yields sane figures, and the held calls it made were really committed.
+every concurrency yields sane figures (the task-runner ones through a real tool worker), and the
+held calls it made were really committed.
 
 No timing thresholds: machines are noisy, so only the shape and consistency of the figures and
 the effects in the database are checked.
@@ -7,8 +8,10 @@ the effects in the database are checked.
 
 from __future__ import annotations
 
+import io
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +21,17 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.pool import NullPool
 from typer.testing import CliRunner
 
-from gateway.bench.gateway_bench import SCENARIOS, Options, parse_sessions, run_benchmark
+from gateway.bench.gateway_bench import (
+    SCENARIOS,
+    TASK_SCENARIOS,
+    Options,
+    parse_sessions,
+    run_benchmark,
+)
 from gateway.bench.report import JSON_NAME
+from gateway.bench.scenarios import BenchError
 from gateway.bench.stats import percentiles
+from gateway.localserver import LocalGateway, LocalWorker
 from tests.conftest import make_settings
 from tool_adapters.demo import schema as shop
 
@@ -31,14 +42,15 @@ CALLS = 5
 @pytest.fixture(scope="module")
 def bench(pg_home: Path, ledger_url: str,
           tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One small run, shared by the tests below (it starts a real gateway server)."""
+    """One small run, shared by the tests below (it starts a real gateway and tool worker)."""
     out = tmp_path_factory.mktemp("bench-out")
     options = Options(sessions=SESSIONS, calls=CALLS, out=out, home=pg_home)
-    returned = run_benchmark(make_settings(pg_home, ledger_url), options,
-                             Console(width=100, record=True))
+    console = Console(width=100, record=True)
+    returned = run_benchmark(make_settings(pg_home, ledger_url), options, console)
     written = json.loads((out / JSON_NAME).read_text())
     assert written["results"] == returned["results"]
-    return {"report": written, "options": options, "url": ledger_url}
+    return {"report": written, "options": options, "url": ledger_url,
+            "printed": console.export_text()}
 
 
 def _finite_positive(value: float) -> bool:
@@ -55,7 +67,31 @@ def test_every_scenario_at_every_concurrency_has_sane_figures(bench: dict[str, A
         assert _finite_positive(r["p50_ms"]) and _finite_positive(r["p99_ms"]), where
         assert r["p50_ms"] <= r["p99_ms"] <= r["max_ms"], where
         assert _finite_positive(r["calls_per_s"]), where
-        assert (r["server_cpu_ms_per_call"] is None) == (r["scenario"] == "direct"), where
+        no_gateway = r["scenario"] in ("direct", "plain_celery")
+        assert (r["server_cpu_ms_per_call"] is None) == no_gateway, where
+        assert (r["worker_cpu_ms_per_call"] is None) == (r["scenario"] not in TASK_SCENARIOS), where
+
+
+def test_task_runner_rows_against_plain_celery(bench: dict[str, Any]) -> None:
+    """Both task scenarios ran through the worker at every concurrency, and their difference
+    is reported (no target)."""
+    report = bench["report"]
+    by = {(r["scenario"], r["sessions"]): r for r in report["results"]}
+    for scenario in ("task", "plain_celery"):
+        for n in SESSIONS:
+            r = by[scenario, n]
+            assert r["n"] == CALLS * n
+            for figure in ("p50_ms", "p99_ms", "calls_per_s", "worker_cpu_ms_per_call"):
+                assert _finite_positive(r[figure]), (scenario, n, figure)
+    overhead = report["derived"]["task_overhead"]
+    assert [e["sessions"] for e in overhead] == SESSIONS
+    for entry in overhead:
+        n = entry["sessions"]
+        assert entry["p50_ms"] == pytest.approx(
+            by["task", n]["p50_ms"] - by["plain_celery", n]["p50_ms"])
+        assert "target_ms" not in entry
+    assert report["options"]["worker_concurrency"] == max(SESSIONS)
+    assert "overhead task−plain" in bench["printed"]
 
 
 def test_derived_figures_and_machine_info(bench: dict[str, Any]) -> None:
@@ -86,6 +122,38 @@ def test_held_calls_were_committed(bench: dict[str, Any]) -> None:
     engine.dispose()
     assert len(set(report["orders"])) == max(SESSIONS)
     assert total == expected
+
+
+@pytest.mark.parametrize("failing", ["worker start", "task call"])
+def test_a_failure_stops_the_gateway_and_the_worker(
+        failing: str, pg_home: Path, ledger_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that does not start, or a session that fails mid-run, aborts the run, and no
+    child process outlives it."""
+    from gateway.bench import gateway_bench, harness
+
+    started: list[LocalGateway | LocalWorker] = []
+
+    def recording(real: Callable[..., Any]) -> Callable[..., Any]:
+        def start(*args: Any) -> Any:
+            started.append(real(*args))
+            return started[-1]
+        return start
+
+    def fail(*args: Any) -> float:
+        raise BenchError(f"{failing} failed on purpose")
+
+    monkeypatch.setattr(harness, "start_gateway", recording(harness.start_gateway))
+    if failing == "worker start":
+        monkeypatch.setattr(harness, "start_worker", fail)
+    else:
+        monkeypatch.setattr(harness, "start_worker", recording(harness.start_worker))
+        monkeypatch.setattr(gateway_bench, "task_step", fail)
+    options = Options(sessions=[1], calls=1, out=None, home=pg_home)
+    with pytest.raises(BenchError, match="on purpose"):
+        run_benchmark(make_settings(pg_home, ledger_url), options, Console(file=io.StringIO()))
+    assert len(started) == (1 if failing == "worker start" else 2)
+    for child in started:
+        assert child.process is not None and child.process.poll() is not None, child
 
 
 def test_percentiles_and_options() -> None:
