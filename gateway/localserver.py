@@ -14,9 +14,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Self
 
 import httpx
 
@@ -43,28 +43,49 @@ def free_port() -> int:
 
 @dataclass
 class _Child:
+    """A ``python -m gateway …`` child: started until ready, or stopped again if its start fails
+    or is interrupted, so no caller ever holds a half-started child it does not know of."""
+
     env: dict[str, str]
     log_path: Path | None = None
     process: subprocess.Popen[bytes] | None = None
+    what = "child"
 
-    def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self, timeout_s: float = 60.0) -> Self:
+        try:
+            self._spawn(*self._command())
+            self._wait_until(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _spawn(self, *args: str) -> None:
+        log: int | IO[bytes] = subprocess.DEVNULL
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps writing to it
         self.process = subprocess.Popen([sys.executable, "-m", "gateway", *args],
                                         env={**os.environ, **self.env}, stdout=log, stderr=log)
-        return self.process
 
-    def _wait_until(self, ready: Callable[[], bool], what: str, timeout_s: float) -> None:
+    def _wait_until(self, timeout_s: float) -> None:
         assert self.process is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{what} exited with {self.process.returncode} at start; "
+                raise RuntimeError(f"{self.what} exited with {self.process.returncode} at start; "
                                    f"log: {self.log_path}")
-            if ready():
+            if self._ready():
                 return
             time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"{what} was not ready within {timeout_s} s; log: {self.log_path}")
+        raise RuntimeError(f"{self.what} was not ready within {timeout_s} s; "
+                           f"log: {self.log_path}")
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, as in a crash."""
@@ -80,6 +101,12 @@ class _Child:
             except subprocess.TimeoutExpired:
                 self.kill()
 
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 @dataclass
 class LocalGateway(_Child):
@@ -87,45 +114,33 @@ class LocalGateway(_Child):
 
     port: int = field(default_factory=free_port)
     worker: bool = False
+    what = "gateway"
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def _healthy(self) -> bool:
+    def _command(self) -> list[str]:
+        return ["serve", "--port", str(self.port), "--worker" if self.worker else "--no-worker"]
+
+    def _ready(self) -> bool:
         try:
             return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
         except httpx.TransportError:
             return False
-
-    def start(self, timeout_s: float = 60.0) -> LocalGateway:
-        self._spawn("serve", "--port", str(self.port),
-                    "--worker" if self.worker else "--no-worker")
-        self._wait_until(self._healthy, "gateway", timeout_s)
-        return self
-
-    def __enter__(self) -> LocalGateway:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 @dataclass
 class LocalWorker(_Child):
     """``specgate worker``; ready once it has connected to the broker (it touches a file)."""
 
-    ready_file: Path | None = None
+    ready_file: Path = field(
+        default_factory=lambda: Path(tempfile.mkdtemp(prefix="specgate-worker-")) / "ready")
+    what = "worker"
 
-    def start(self, timeout_s: float = 60.0) -> LocalWorker:
-        ready = self.ready_file or Path(tempfile.mkdtemp(prefix="specgate-worker-")) / "ready"
-        ready.unlink(missing_ok=True)
-        self._spawn("worker", "--ready-file", str(ready))
-        self._wait_until(ready.exists, "worker", timeout_s)
-        return self
+    def _command(self) -> list[str]:
+        self.ready_file.unlink(missing_ok=True)
+        return ["worker", "--ready-file", str(self.ready_file)]
 
-    def __enter__(self) -> LocalWorker:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def _ready(self) -> bool:
+        return self.ready_file.exists()

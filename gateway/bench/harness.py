@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import platform
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
@@ -26,9 +26,6 @@ TENANT = "bench"
 ADAPTER = "demo"
 SKU = "filter"
 BENCH_STOCK = 1_000_000
-
-_Child = TypeVar("_Child", LocalGateway, LocalWorker)
-
 
 def bench_settings(settings: Settings, home: Path) -> Settings:
     """The configured database when there is one, else the embedded one under ``home`` (not
@@ -105,25 +102,12 @@ def child_env(settings: Settings, url: str, held: int, concurrency: int) -> dict
 
 def start_gateway(env: dict[str, str], log_path: Path) -> LocalGateway:
     """Start ``specgate serve`` on a free port, without a worker of its own."""
-    return _started(LocalGateway(env=env, log_path=log_path, worker=False))
+    return LocalGateway(env=env, log_path=log_path, worker=False).start()
 
 
 def start_worker(env: dict[str, str], log_path: Path) -> LocalWorker:
     """Start ``specgate worker`` (task-runner calls and the plain Celery baseline)."""
-    return _started(LocalWorker(env=env, log_path=log_path))
-
-
-def _started(child: _Child) -> _Child:
-    """Start ``child``; stop it again if its start fails or is interrupted (Ctrl-C while it
-    boots), so that no caller ever holds a half-started child it does not know of."""
-    assert child.log_path is not None
-    child.log_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        child.start()
-    except BaseException:
-        child.stop()
-        raise
-    return child
+    return LocalWorker(env=env, log_path=log_path).start()
 
 
 def broker_kind(settings: Settings) -> str:

@@ -21,11 +21,12 @@ from datetime import timedelta
 from typing import Any
 
 import orjson
+from sqlalchemy import text
 
 from gateway.calls.state import CallState
 from gateway.config import Settings
 from gateway.errors import Conflict, Forbidden, NotFound
-from gateway.ledger.service import StaleTransition, enqueue, now, transition_call
+from gateway.ledger.service import RUN, StaleTransition, enqueue, now, transition_call
 from gateway.ledger.states import CallStatus
 from gateway.runtime import Runtime
 from gateway.tools.registry import RegisteredTool
@@ -60,15 +61,12 @@ def issue_token(settings: Settings, call: CallState) -> str:
 
 
 def _load(rt: Runtime, tenant: str, call_id: str) -> CallState:
-    with rt.dbs.fast() as conn:
-        cursor = conn.execute("SELECT * FROM calls WHERE id = %s AND tenant = %s",
-                              [call_id, tenant])
-        row = cursor.fetchone()
-        names = [d.name for d in cursor.description or []]
+    with rt.dbs.ledger.connect() as conn:
+        row = conn.execute(text("SELECT * FROM calls WHERE id = :c AND tenant = :t"),
+                           {"c": call_id, "t": tenant}).first()
     if row is None:
         raise NotFound(f"call {call_id!r} not found")
-    values = dict(zip(names, row, strict=True))
-    return CallState(**{k: values[k] for k in CallState.__dataclass_fields__})
+    return CallState.from_row(row)
 
 
 def _check_token(call: CallState, token: str | None) -> None:
@@ -104,7 +102,7 @@ def decide(rt: Runtime, tenant: str, call_id: str, *, approve: bool, admin: bool
         with rt.dbs.fast() as conn, conn.transaction():
             transition_call(conn, call.subject, call.status, target, values, detail)
             if approve:
-                enqueue(conn, [call.id], "run", rt.settings.relay_grace_s)
+                enqueue(conn, [call.id], RUN, rt.settings.relay_grace_s)
     except StaleTransition as error:
         raise Conflict(f"call {call_id!r} was decided meanwhile", code="not_awaiting_approval"
                        ) from error
@@ -118,15 +116,12 @@ def decide(rt: Runtime, tenant: str, call_id: str, *, approve: bool, admin: bool
 
 def deny_expired(rt: Runtime) -> int:
     """The reaper's part: deny every call whose approval has expired. Returns how many."""
-    with rt.dbs.fast() as conn:
-        cursor = conn.execute(
+    with rt.dbs.ledger.connect() as conn:
+        calls = [CallState.from_row(r) for r in conn.execute(text(
             "SELECT * FROM calls WHERE status = 'awaiting_approval' "
-            "AND approval_expires_at < now() LIMIT 500")
-        names = [d.name for d in cursor.description or []]
-        rows = [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
+            "AND approval_expires_at < now() LIMIT 500"))]
     denied = 0
-    for values in rows:
-        call = CallState(**{k: values[k] for k in CallState.__dataclass_fields__})
+    for call in calls:
         try:
             with rt.dbs.fast() as conn:
                 transition_call(conn, call.subject, S.AWAITING_APPROVAL, S.DENIED,

@@ -20,10 +20,11 @@ from gateway.calls.approvals import issue_token, needs_approval
 from gateway.calls.execution import CallIdentity, Outcome, hold_for, run_db_tool
 from gateway.calls.schemas import IssueCall
 from gateway.calls.state import CallState, TurnScope
-from gateway.config import Settings
 from gateway.errors import Conflict, InvalidArguments
 from gateway.ledger import models
 from gateway.ledger.service import (
+    COMPENSATE,
+    RUN,
     Move,
     StaleTransition,
     create_row,
@@ -66,7 +67,7 @@ def _dependencies(scope: TurnScope, request: IssueCall,
 
 
 def _check_request(scope: TurnScope, tool: RegisteredTool, request: IssueCall,
-                   rt_settings: Settings,
+                   approval: bool,
                    ) -> tuple[CallState | None, list[CallState], dict[str, Any] | None]:
     """Everything that can refuse the request: (superseded call, dependencies, resolved args
     or None when a dependency has no result yet)."""
@@ -86,7 +87,7 @@ def _check_request(scope: TurnScope, tool: RegisteredTool, request: IssueCall,
     if unknown:
         raise InvalidArguments(f"unknown argument {sorted(unknown)[0]!r} for {tool.name!r}",
                                code="invalid_arguments")
-    if tool.spec.runner == Runner.DB and needs_approval(rt_settings, scope.turn.tenant, tool):
+    if tool.spec.runner == Runner.DB and approval:
         raise Conflict(f"{tool.name!r} needs approval, which this gateway supports for task-"
                        "runner tools only (a db-runner turn would be held prepared across it)",
                        code="approval_unsupported")
@@ -114,8 +115,8 @@ def issue_call(rt: Runtime, scope: TurnScope, request: IssueCall,
     """Issue a call; returns it and, for a call staged until an approval, the confirmation
     token the app may approve it with (shown this once)."""
     tool = rt.registry.get(request.tool)
-    superseded, deps, resolved = _check_request(scope, tool, request, rt.settings)
     approval = needs_approval(rt.settings, scope.turn.tenant, tool)
+    superseded, deps, resolved = _check_request(scope, tool, request, approval)
     runs_now = resolved is not None and tool.spec.effect != Effect.SENSITIVE and not approval
     if runs_now and tool.spec.effect == Effect.REVERSIBLE:
         hold_for(rt, scope.turn.id, tool.adapter.name)  # may refuse (429/503): before any write
@@ -175,7 +176,7 @@ def _enqueue(rt: Runtime, scope: TurnScope, call: CallState, tool: RegisteredToo
     ring the worker. Its result arrives in the ledger (``?wait=`` or ``GET /v1/calls/{id}``)."""
     call.resolved_arguments = resolved
     _record(rt, scope, call, [Move(call.subject, None, S.PROPOSED, {"tool": tool.name})],
-            outbox_kind="run")
+            outbox_kind=RUN)
     rt.publish([call.id])
 
 
@@ -228,7 +229,7 @@ def drop_task_call(rt: Runtime, call: CallState, target: str, reason: str) -> No
                                 {"reason": reason})
                 if compensate:
                     transition_call(conn, call.subject, target, S.COMPENSATING)
-                    enqueue(conn, [call.id], "compensate", rt.settings.relay_grace_s)
+                    enqueue(conn, [call.id], COMPENSATE, rt.settings.relay_grace_s)
         except StaleTransition:
             refresh(rt, [call])
             if not call.live:

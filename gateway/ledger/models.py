@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -193,6 +194,8 @@ class OutboxMessage(Base):
     the work but never loses it. A worker holds the row locked while it works on it."""
 
     __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_pending", "next_at",
+                            postgresql_where=text("done_at IS NULL")),)
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     call_id: Mapped[str] = mapped_column(String(64), index=True)
     kind: Mapped[str] = mapped_column(String(32))  # "run" | "compensate"

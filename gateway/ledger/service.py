@@ -199,8 +199,10 @@ def write_decision(conn: LedgerConn, turn_id: str, decision: str, outcomes: Mapp
         sql += " ON CONFLICT (turn_id) DO NOTHING"
     driver(conn).execute(sql, {"turn_id": turn_id, "decision": decision, "gid": gid,
                                 "outcomes": Jsonb(dict(outcomes), dumps=_dumps)})
-    enqueue(conn, dispatch, "run", grace_s)
+    enqueue(conn, dispatch, RUN, grace_s)
 
+
+RUN, COMPENSATE = "run", "compensate"  # what an outbox row asks of the tool worker
 
 _ENQUEUE = ("INSERT INTO outbox (call_id, kind, payload, attempts, sends, next_at) "
             "VALUES (%(call_id)s, %(kind)s, '{}'::jsonb, 0, 1, "

@@ -10,7 +10,7 @@ A broker that is down therefore delays work and loses none.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -18,19 +18,9 @@ from celery import Celery
 from sqlalchemy import Engine, text
 
 from gateway.config import Settings
-from gateway.ledger.service import LedgerConn, enqueue
 from gateway.tasks.celery_app import QUEUE, TASK_NAME
 
 log = logging.getLogger("specgate.outbox")
-
-RUN, COMPENSATE = "run", "compensate"
-
-def add(conn: LedgerConn, settings: Settings, call_ids: Iterable[str], kind: str) -> list[str]:
-    """Write outbox rows in the caller's transaction; returns the call ids to publish once it
-    has committed."""
-    ids = list(call_ids)
-    enqueue(conn, ids, kind, settings.relay_grace_s)
-    return ids
 
 
 _DUE = text(

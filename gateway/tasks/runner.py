@@ -32,9 +32,8 @@ from sqlalchemy.orm import Session
 from gateway.calls.state import CallState
 from gateway.config import Settings
 from gateway.db import Databases
-from gateway.ledger.service import StaleTransition, now, transition_call
+from gateway.ledger.service import COMPENSATE, StaleTransition, enqueue, now, transition_call
 from gateway.ledger.states import CallStatus
-from gateway.tasks import outbox
 from gateway.tools.registry import RegisteredTool, Registry
 from tool_adapters.sdk import ToolContext, ToolError
 
@@ -45,6 +44,7 @@ S = CallStatus
 _START = {S.PROPOSED: S.RUNNING, S.RUNNING: None, S.COMMITTED: S.DISPATCHED,
           S.APPROVED: S.DISPATCHED, S.DISPATCHED: None}
 _DROPPED = {S.CANCELLED, S.EXPIRED, S.ABORTED}
+COMPENSATION_QUEUED = "compensation queued"
 
 
 @dataclass
@@ -81,12 +81,11 @@ def process(w: WorkerContext, call_id: str) -> str:
         # Postgres ends the lock of a worker that hangs or is cut off (a dead one closes it).
         limit_ms = int((tool.spec.timeout_s + 60) * 1000)
         conn.exec_driver_sql(f"SET LOCAL idle_in_transaction_session_timeout = {limit_ms}")
-        if row.kind == outbox.COMPENSATE:
+        if row.kind == COMPENSATE:
             result = _compensate(w, conn, row, call, tool)
         else:
             result = _run(w, conn, row, call, tool)
-    more = _has_pending(w, call_id)
-    if more:
+    if result == COMPENSATION_QUEUED:  # committed now: ring for the row _finish wrote
         w.publish([call_id])
     return result
 
@@ -94,11 +93,6 @@ def process(w: WorkerContext, call_id: str) -> str:
 def _load(conn: Connection, call_id: str) -> CallState | None:
     found = conn.execute(text("SELECT * FROM calls WHERE id = :c"), {"c": call_id}).first()
     return None if found is None else CallState.from_row(found)
-
-
-def _has_pending(w: WorkerContext, call_id: str) -> bool:
-    with w.dbs.ledger.connect() as conn:
-        return outbox.pending(conn, call_id) > 0
 
 
 def _done(conn: Connection, row_id: int, note: str | None = None) -> None:
@@ -213,9 +207,9 @@ def _finish(w: WorkerContext, conn: Connection, row: Any, call: CallState,
                           "WHERE id = :c"), {"r": _json(attempt.result), "c": call.id})
         transition_call(conn, call.subject, str(current), S.COMPENSATING,
                         detail={"reason": "completed after the call was dropped"})
-        outbox.add(conn, w.settings, [call.id], outbox.COMPENSATE)
+        enqueue(conn, [call.id], COMPENSATE, w.settings.relay_grace_s)
         _done(conn, row.id)
-        return "compensation queued"
+        return COMPENSATION_QUEUED
     else:
         _done(conn, row.id, f"result dropped: the call is {current}")
         return f"dropped ({current})"

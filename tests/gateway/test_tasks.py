@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,15 +30,13 @@ from gateway.config import Settings
 from gateway.db import make_engine
 from gateway.localserver import LocalWorker, settings_env
 from gateway.migrate import setup_adapters
+from gateway.tasks import outbox
 from tests.gateway.helpers import Api
 from tests.support.booking_service import LocalBookingService
 from tests.support.proxy import CuttableProxy
 from tests.support.smtp import LocalSmtp
 
 APPROVALS = "approvals-tenant"  # its policy puts mail.send_email under approval
-TERMINAL = {"compensated", "compensation_failed", "cancelled", "succeeded", "failed",
-            "committed", "expired", "aborted"}
-
 
 def task_settings(pg_home: Path, ledger_url: str, smtp: LocalSmtp, booking: LocalBookingService,
                   **overrides: Any) -> Settings:
@@ -89,10 +88,9 @@ class TaskWorld:
     def pending(self, call_id: str) -> int:
         engine = create_engine(self.ledger_url, poolclass=NullPool)
         with engine.connect() as conn:
-            count = conn.execute(text("SELECT count(*) FROM outbox WHERE call_id = :c AND "
-                                      "done_at IS NULL"), {"c": call_id}).scalar()
+            count = outbox.pending(conn, call_id)
         engine.dispose()
-        return int(count or 0)
+        return count
 
     def restart_worker(self, env: dict[str, str] | None = None) -> None:
         self.worker.kill()
@@ -100,8 +98,10 @@ class TaskWorld:
                                   log_path=self.worker.log_path).start()
 
 
-def _world(pg_home: Path, ledger_url: str, settings: Settings, smtp: LocalSmtp,
-           booking: LocalBookingService) -> Iterator[tuple[TestClient, LocalWorker, Api]]:
+@contextmanager
+def _world(pg_home: Path, ledger_url: str, settings: Settings,
+           ) -> Iterator[tuple[LocalWorker, Api]]:
+    """A worker child process and an in-process gateway on ``settings``, with an app key."""
     setup_adapters(settings)
     worker = LocalWorker(env=settings_env(settings, ledger_url),
                          log_path=pg_home / f"worker-{uuid.uuid4().hex[:6]}.log").start()
@@ -112,7 +112,7 @@ def _world(pg_home: Path, ledger_url: str, settings: Settings, smtp: LocalSmtp,
     _, key = create_key(engine, f"t-{uuid.uuid4().hex[:8]}", "app")
     engine.dispose()
     try:
-        yield client, worker, Api(client, key)
+        yield worker, Api(client, key)
     finally:
         client.__exit__(None, None, None)
         worker.stop()
@@ -129,10 +129,10 @@ def module_world(pg_home: Path, ledger_url: str,
                  services: tuple[LocalSmtp, LocalBookingService]) -> Iterator[TaskWorld]:
     smtp, booking = services
     settings = task_settings(pg_home, ledger_url, smtp, booking)
-    for _client, worker, api in _world(pg_home, ledger_url, settings, smtp, booking):
+    with _world(pg_home, ledger_url, settings) as (worker, api):
         world = TaskWorld(api, smtp, booking, settings, worker, ledger_url)
         yield world
-        world.worker.stop()
+        world.worker.stop()  # a test may have replaced the first one
 
 
 @pytest.fixture
@@ -309,7 +309,7 @@ def _broker_down_at_commit(pg_home: Path, ledger_url: str, smtp: LocalSmtp,
         broker = (f"specgate-sql+postgresql+psycopg://{url.username or 'postgres'}@127.0.0.1:"
                   f"{proxy.port}/{url.database}")
         settings = task_settings(pg_home, ledger_url, smtp, booking, broker_url=broker)
-        for _client, _worker, api in _world(pg_home, ledger_url, settings, smtp, booking):
+        with _world(pg_home, ledger_url, settings) as (_worker, api):
             created = api.post("/v1/sessions", {}, expect=201).json()
             sid, tid = created["id"], created["turns"][0]["id"]
             call = api.post(f"/v1/sessions/{sid}/calls", {

@@ -52,20 +52,22 @@ def settings(smtp: LocalSmtp) -> dict[str, Any]:
     return {**smtp.settings, "sender": SENDER}
 
 
-@pytest.fixture
-def tenant(engine: Engine) -> Iterator[str]:
+def _scratch_tenant(engine: Engine) -> Iterator[str]:
+    """A fresh tenant whose rows are deleted afterwards."""
     name = f"mailtest-{uuid.uuid4().hex[:8]}"
     yield name
     with engine.begin() as conn:
         conn.execute(delete(T).where(T.c.tenant == name))
+
+
+@pytest.fixture
+def tenant(engine: Engine) -> Iterator[str]:
+    yield from _scratch_tenant(engine)
 
 
 @pytest.fixture
 def other_tenant(engine: Engine) -> Iterator[str]:
-    name = f"mailtest-{uuid.uuid4().hex[:8]}"
-    yield name
-    with engine.begin() as conn:
-        conn.execute(delete(T).where(T.c.tenant == name))
+    yield from _scratch_tenant(engine)
 
 
 def new_key() -> str:

@@ -103,6 +103,14 @@ def _unexpected(response: httpx.Response) -> RuntimeError:
     )
 
 
+def _refused(response: httpx.Response) -> Exception:
+    """The error for an answer the tool did not handle: a 4xx the model can fix its arguments
+    for, anything else unexpected (retried by the worker)."""
+    if 400 <= response.status_code < 500:
+        return ToolRetry(_detail(response))
+    return _unexpected(response)
+
+
 def _booking(response: httpx.Response) -> dict[str, Any]:
     data = response.json()
     if not isinstance(data, dict):
@@ -124,9 +132,7 @@ def find_slots(ctx: ToolContext, resource: Annotated[str, Field(min_length=1)],
         slots = response.json()
         if isinstance(slots, list):
             return [str(slot) for slot in slots]
-    elif 400 <= response.status_code < 500:
-        raise ToolRetry(_detail(response))
-    raise _unexpected(response)
+    raise _refused(response)
 
 
 def cancel_booked_slot(
@@ -175,9 +181,7 @@ def book_slot(ctx: ToolContext, resource: Annotated[str, Field(min_length=1)], s
         if detail == "slot taken":
             raise ToolFailed(f"slot taken: {resource} is already booked at {start}")
         raise ToolFailed(detail)
-    if 400 <= response.status_code < 500:
-        raise ToolRetry(_detail(response))
-    raise _unexpected(response)
+    raise _refused(response)
 
 
 @tool(effect="sensitive", runner="task", timeout_s=TOOL_TIMEOUT_S)
@@ -194,9 +198,7 @@ def confirm_booking(ctx: ToolContext, booking_id: BookingId) -> dict[str, Any]:
         raise ToolRetry(f"no booking {booking_id!r}")
     if response.status_code == 409:
         raise ToolFailed(_detail(response))
-    if 400 <= response.status_code < 500:
-        raise ToolRetry(_detail(response))
-    raise _unexpected(response)
+    raise _refused(response)
 
 
 @tool(effect="safe", runner="task", timeout_s=TOOL_TIMEOUT_S)
@@ -211,9 +213,7 @@ def get_booking(ctx: ToolContext, booking_id: BookingId) -> dict[str, Any]:
         return _booking(response)
     if response.status_code == 404:
         raise ToolRetry(f"no booking {booking_id!r}")
-    if 400 <= response.status_code < 500:
-        raise ToolRetry(_detail(response))
-    raise _unexpected(response)
+    raise _refused(response)
 
 
 ADAPTER = Adapter(
