@@ -96,6 +96,10 @@ class Databases:
     def tool_url(self, adapter: str) -> str:
         return self.settings.tool_database_urls.get(adapter, self.ledger_url)
 
+    def all_urls(self) -> set[str]:
+        """The ledger's database and every tool database: where our prepared transactions live."""
+        return {self.ledger_url, *self.settings.tool_database_urls.values()}
+
     def tool_engine(self, adapter: str) -> Engine:
         return self.engine_for(self.tool_url(adapter))
 

@@ -24,7 +24,7 @@ from sqlalchemy import Connection, text
 from gateway.calls import service as calls_service
 from gateway.calls.state import TurnScope, load_scope
 from gateway.errors import Conflict
-from gateway.ledger.service import now, read_decision, write_decision
+from gateway.ledger.service import ABORT, APPROVAL, COMMIT, now, read_decision, write_decision
 from gateway.ledger.states import CallStatus, TurnStatus
 from gateway.runtime import Runtime
 from gateway.turns import service as turns_service
@@ -64,22 +64,18 @@ def reconcile(rt: Runtime, *, startup: bool = False) -> dict[str, int]:
     return counts
 
 
-def _database_urls(rt: Runtime) -> set[str]:
-    return {rt.dbs.ledger_url, *rt.settings.tool_database_urls.values()}
-
-
 def _resolve_prepared(rt: Runtime, counts: dict[str, int]) -> None:
-    for url in _database_urls(rt):
+    for url in rt.dbs.all_urls():
         # The process's own pools, in autocommit: COMMIT/ROLLBACK PREPARED run outside a
         # transaction, and a pass every few seconds must not open fresh connections.
         with rt.dbs.engine_for(url).connect() as pooled:
             conn = pooled.execution_options(isolation_level="AUTOCOMMIT")
             for gid, prepared_at in prepared_gids(conn, rt.settings.gid_prefix):
                 decision = _decide_prepared(rt, gid, prepared_at)
-                if decision == "commit":
+                if decision == COMMIT:
                     conn.exec_driver_sql(f"COMMIT PREPARED '{gid}'")
                     counts["committed_prepared"] += 1
-                elif decision == "abort":
+                elif decision == ABORT:
                     conn.exec_driver_sql(f"ROLLBACK PREPARED '{gid}'")
                     counts["rolled_back_prepared"] += 1
 
@@ -96,7 +92,7 @@ def _decide_prepared(rt: Runtime, gid: str, prepared_at: Any) -> str | None:
         young = now() - prepared_at < timedelta(seconds=PREPARED_GRACE_S)
         if in_flight or (young and _owner_alive(conn, rt, turn_id)):
             return None  # a live gateway is between PREPARE and its decision
-        write_decision(conn, turn_id, "abort", {}, gid, if_absent=True)
+        write_decision(conn, turn_id, ABORT, {}, gid, if_absent=True)
         marker = read_decision(conn, turn_id)
         return None if marker is None else str(marker["decision"])
 
@@ -148,7 +144,7 @@ def _resolve_orphan(rt: Runtime, scope: TurnScope, counts: dict[str, int]) -> No
     turn = scope.turn
     with rt.dbs.ledger.connect() as conn:
         marker = read_decision(conn, turn.id)
-    if turn.status == T.COMMITTING and marker and marker["decision"] == "commit":
+    if turn.status == T.COMMITTING and marker and marker["decision"] in (COMMIT, APPROVAL):
         turns_service.finalize(rt, scope, marker["outcomes"])
         counts["finished"] += 1
     elif turn.status == T.CANCELLING:

@@ -8,8 +8,13 @@ action back and ask "shall I?"); the token is bound to the call's tool and argum
 expires with the approval. Only its hash is stored. An approval writes the call's outbox row in
 the same transaction, so the tool worker runs it once; a denial leaves no effect.
 
-Calls of the ``db`` runner that need approval are refused at issue for now: DESIGN §3 holds
-their whole turn PREPAREd across the approval, which this gateway does not do yet.
+A ``db`` call's effect lives in its turn transaction, so once a ``db`` call needing approval
+has run at commit the whole transaction is PREPAREd (DESIGN §3) and every ``db`` call with an
+effect in it waits with it: the decision ``approval`` in the commit marker keeps the reconciler
+off. The last approval turns it into ``commit`` (COMMIT PREPARED, every waiting call
+``succeeded``); the first denial, or an expired approval, into ``abort`` (ROLLBACK PREPARED,
+every waiting call ``denied``, or ``failed`` if it was approved already). Calls that wait only
+because they share the transaction are decided with it and cannot be approved on their own.
 """
 
 from __future__ import annotations
@@ -21,15 +26,27 @@ from datetime import timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from gateway.calls.state import CallState
 from gateway.config import Settings
 from gateway.errors import Conflict, Forbidden, NotFound
-from gateway.ledger.service import RUN, StaleTransition, enqueue, now, transition_call
+from gateway.ledger.service import (
+    ABORT,
+    APPROVAL,
+    COMMIT,
+    RUN,
+    CallMove,
+    StaleTransition,
+    enqueue,
+    now,
+    transition_call,
+    transition_calls,
+)
 from gateway.ledger.states import CallStatus
 from gateway.runtime import Runtime
 from gateway.tools.registry import RegisteredTool
+from gateway.turns.holder import finish_prepared
 
 S = CallStatus
 TOKEN_PREFIX = "sgc_"
@@ -93,11 +110,13 @@ def decide(rt: Runtime, tenant: str, call_id: str, *, approve: bool, admin: bool
     if call.approval_expires_at is not None and call.approval_expires_at < now():
         raise Conflict(f"the approval of call {call_id!r} expired at "
                        f"{call.approval_expires_at.isoformat()}", code="approval_expired")
+    detail = {"by": "admin" if admin else "confirm_token", "reason": reason}
+    if call.runner == "db":
+        return _decide_held(rt, call, approve=approve, detail=detail)
     target = S.APPROVED if approve else S.DENIED
     values: dict[str, Any] = {"confirm_token_hash": None, "decided_at": now()}
     if not approve:
         values["finished_at"] = now()
-    detail = {"by": "admin" if admin else "confirm_token", "reason": reason}
     try:
         with rt.dbs.fast() as conn, conn.transaction():
             transition_call(conn, call.subject, call.status, target, values, detail)
@@ -114,6 +133,77 @@ def decide(rt: Runtime, tenant: str, call_id: str, *, approve: bool, admin: bool
     return call
 
 
+def _decide_held(rt: Runtime, call: CallState, *, approve: bool,
+                 detail: dict[str, Any]) -> CallState:
+    """Approve or deny a ``db`` call whose turn transaction is prepared, under a lock of the
+    turn's commit marker (approvals of calls of one turn queue there)."""
+    try:
+        with rt.dbs.ledger.begin() as conn:
+            gids, members = _lock_held_turn(conn, call)
+            me = next((m for m in members if m.id == call.id), None)
+            if me is None or me.status != S.AWAITING_APPROVAL:
+                raise Conflict(f"call {call.id!r} was decided meanwhile",
+                               code="not_awaiting_approval")
+            if not me.requires_approval:
+                owners = [m.id for m in members if m.requires_approval]
+                raise Conflict(f"call {call.id!r} needs no approval of its own: it shares its "
+                               f"turn transaction with {owners}, approve or deny those",
+                               code="approval_not_required")
+            decision = _held_moves(conn, members, me, approve, detail)
+            if decision is not None:
+                conn.execute(text("UPDATE commit_markers SET decision = :d WHERE turn_id = :t"),
+                             {"d": decision, "t": call.turn_id})
+    except StaleTransition as error:
+        raise Conflict(f"call {call.id!r} was decided meanwhile",
+                       code="not_awaiting_approval") from error
+    if decision is not None:
+        engines = [rt.dbs.engine_for(url) for url in sorted(rt.dbs.all_urls())]
+        finish_prepared(engines, gids, commit=decision == COMMIT)
+    return _load(rt, call.tenant, call.id)
+
+
+def _lock_held_turn(conn: Connection, call: CallState) -> tuple[list[str], list[CallState]]:
+    marker = conn.execute(text("SELECT decision, gid FROM commit_markers WHERE turn_id = :t "
+                               "FOR UPDATE"), {"t": call.turn_id}).first()
+    if marker is None or marker.decision != APPROVAL:
+        raise Conflict(f"call {call.id!r} is not awaiting approval (its turn is decided)",
+                       code="not_awaiting_approval")
+    rows = conn.execute(text(
+        "SELECT * FROM calls WHERE turn_id = :t AND runner = 'db' "
+        "AND status IN ('awaiting_approval', 'approved') ORDER BY created_at, id"),
+        {"t": call.turn_id})
+    return [g for g in (marker.gid or "").split(",") if g], [CallState.from_row(r) for r in rows]
+
+
+def _held_moves(conn: Connection, members: list[CallState], me: CallState, approve: bool,
+                detail: dict[str, Any]) -> str | None:
+    """Record this approval or denial; returns the turn's decision once it is made."""
+    at = now()
+    others = [m for m in members if m.id != me.id]
+    if approve:
+        transition_call(conn, me.subject, S.AWAITING_APPROVAL, S.APPROVED,
+                        {"confirm_token_hash": None, "decided_at": at}, detail)
+        if any(m.requires_approval and m.status == S.AWAITING_APPROVAL for m in others):
+            return None  # more approvals to come
+        riders = [m for m in others if m.status == S.AWAITING_APPROVAL]
+        transition_calls(conn, me.tenant, [
+            CallMove(m.subject, S.AWAITING_APPROVAL, S.APPROVED, {"decided_at": at})
+            for m in riders])
+        transition_calls(conn, me.tenant, [
+            CallMove(m.subject, S.APPROVED, S.SUCCEEDED, {"decided_at": at, "finished_at": at})
+            for m in members])
+        return COMMIT
+    transition_call(conn, me.subject, S.AWAITING_APPROVAL, S.DENIED,
+                    {"confirm_token_hash": None, "decided_at": at, "finished_at": at}, detail)
+    error = {"code": "denied_with_turn",
+             "message": f"call {me.id!r} of the same turn transaction was denied"}
+    transition_calls(conn, me.tenant, [
+        CallMove(m.subject, m.status, S.DENIED if m.status == S.AWAITING_APPROVAL else S.FAILED,
+                 {"decided_at": at, "finished_at": at, "error": error})
+        for m in others])
+    return ABORT
+
+
 def deny_expired(rt: Runtime) -> int:
     """The reaper's part: deny every call whose approval has expired. Returns how many."""
     with rt.dbs.ledger.connect() as conn:
@@ -122,6 +212,13 @@ def deny_expired(rt: Runtime) -> int:
             "AND approval_expires_at < now() LIMIT 500"))]
     denied = 0
     for call in calls:
+        if call.runner == "db":
+            try:
+                _decide_held(rt, call, approve=False, detail={"reason": "approval expired"})
+                denied += 1
+            except Conflict:
+                pass  # decided meanwhile, or not its own approval (it goes with its turn)
+            continue
         try:
             with rt.dbs.fast() as conn:
                 transition_call(conn, call.subject, S.AWAITING_APPROVAL, S.DENIED,

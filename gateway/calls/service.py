@@ -67,7 +67,6 @@ def _dependencies(scope: TurnScope, request: IssueCall,
 
 
 def _check_request(scope: TurnScope, tool: RegisteredTool, request: IssueCall,
-                   approval: bool,
                    ) -> tuple[CallState | None, list[CallState], dict[str, Any] | None]:
     """Everything that can refuse the request: (superseded call, dependencies, resolved args
     or None when a dependency has no result yet)."""
@@ -87,10 +86,6 @@ def _check_request(scope: TurnScope, tool: RegisteredTool, request: IssueCall,
     if unknown:
         raise InvalidArguments(f"unknown argument {sorted(unknown)[0]!r} for {tool.name!r}",
                                code="invalid_arguments")
-    if tool.spec.runner == Runner.DB and approval:
-        raise Conflict(f"{tool.name!r} needs approval, which this gateway supports for task-"
-                       "runner tools only (a db-runner turn would be held prepared across it)",
-                       code="approval_unsupported")
     deps = _dependencies(scope, request, superseded)
     if any(not d.has_result for d in deps):
         if tool.spec.runner == Runner.TASK and tool.spec.effect != Effect.SENSITIVE:
@@ -116,7 +111,7 @@ def issue_call(rt: Runtime, scope: TurnScope, request: IssueCall,
     token the app may approve it with (shown this once)."""
     tool = rt.registry.get(request.tool)
     approval = needs_approval(rt.settings, scope.turn.tenant, tool)
-    superseded, deps, resolved = _check_request(scope, tool, request, approval)
+    superseded, deps, resolved = _check_request(scope, tool, request)
     runs_now = resolved is not None and tool.spec.effect != Effect.SENSITIVE and not approval
     if runs_now and tool.spec.effect == Effect.REVERSIBLE:
         hold_for(rt, scope.turn.id, tool.adapter.name)  # may refuse (429/503): before any write

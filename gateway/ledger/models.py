@@ -181,7 +181,7 @@ class CommitMarker(Base):
 
     __tablename__ = "commit_markers"
     turn_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    decision: Mapped[str] = mapped_column(String(8))  # "commit" | "abort"
+    decision: Mapped[str] = mapped_column(String(8))  # "commit" | "abort" | "approval"
     gid: Mapped[str | None] = mapped_column(String(200))
     outcomes: Mapped[dict[str, Any]] = mapped_column(JSONB)
     created_at: Mapped[datetime] = _now()

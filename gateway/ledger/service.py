@@ -202,6 +202,10 @@ def write_decision(conn: LedgerConn, turn_id: str, decision: str, outcomes: Mapp
     enqueue(conn, dispatch, RUN, grace_s)
 
 
+# Decisions a commit marker records. ``approval``: the turn committed, but its prepared
+# transactions wait for approvals of calls in them, which turn it into ``commit`` or ``abort``.
+COMMIT, ABORT, APPROVAL = "commit", "abort", "approval"
+
 RUN, COMPENSATE = "run", "compensate"  # what an outbox row asks of the tool worker
 
 _ENQUEUE = ("INSERT INTO outbox (call_id, kind, payload, attempts, sends, next_at) "

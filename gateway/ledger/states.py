@@ -57,7 +57,9 @@ CALL_TRANSITIONS: dict[CallStatus, frozenset[CallStatus]] = {
     C.STAGED: frozenset(_UNDECIDED_EXITS | {C.FAILED}),
     C.COMMITTED: frozenset({C.AWAITING_APPROVAL, C.DISPATCHED}),
     C.AWAITING_APPROVAL: frozenset({C.APPROVED, C.DENIED, C.EXPIRED}),
-    C.APPROVED: frozenset({C.DISPATCHED}),
+    # A db call's effect is already in its prepared turn transaction: no dispatch; the call
+    # ends with the transaction, which a denial of another call in it can roll back.
+    C.APPROVED: frozenset({C.DISPATCHED, C.SUCCEEDED, C.FAILED}),
     C.DISPATCHED: frozenset({C.SUCCEEDED, C.FAILED}),
     C.CANCELLED: frozenset({C.COMPENSATING}),
     C.EXPIRED: frozenset({C.COMPENSATING}),

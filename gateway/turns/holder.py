@@ -21,13 +21,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, exc, text
+from sqlalchemy import Connection, Engine, TwoPhaseTransaction, exc, text
 from sqlalchemy.orm import Session
 
 from gateway import faults
 from gateway.db import same_database
 from gateway.errors import Unavailable
-from gateway.ledger.service import write_decision
+from gateway.ledger.service import APPROVAL, COMMIT, write_decision
 
 log = logging.getLogger("specgate.turns")
 T = TypeVar("T")
@@ -85,6 +85,17 @@ class HeldConnection:
         driver = self.conn.connection.driver_connection
         assert driver is not None
         driver.execute(statement)  # type: ignore[union-attr]
+
+    def prepare(self) -> None:
+        """PREPARE TRANSACTION under ``gid``; the connection is discarded when closed."""
+        assert self.gid is not None
+        # PREPARE in a failed transaction silently does nothing: this raises instead.
+        self.execute("SELECT 1")
+        if isinstance(self.tx, TwoPhaseTransaction):
+            self.tx.prepare()
+        else:  # begun as a local transaction: only commit or PREPARE can end it now
+            self.execute(f"PREPARE TRANSACTION '{self.gid}'")
+        self.prepared = True
 
     def close(self) -> None:
         if self.prepared:
@@ -176,20 +187,17 @@ class TurnHold:
         local = [h for h in self.connections.values() if h.gid is None]
         foreign = [h for h in self.connections.values() if h.gid is not None]
         for held in foreign:
-            # PREPARE in a failed transaction silently does nothing: this raises instead.
-            held.execute("SELECT 1")
-            held.tx.prepare()  # type: ignore[attr-defined]
-            held.prepared = True
+            held.prepare()
         if foreign:
             faults.hit("after_prepare")
         gids = ",".join(h.gid for h in foreign if h.gid) or None
         if local:
-            write_decision(local[0].conn, turn_id, "commit", outcomes, gids,
+            write_decision(local[0].conn, turn_id, COMMIT, outcomes, gids,
                            dispatch=dispatch, grace_s=grace_s)
             local[0].tx.commit()
         else:
             with ledger.begin() as conn:
-                write_decision(conn, turn_id, "commit", outcomes, gids, dispatch=dispatch,
+                write_decision(conn, turn_id, COMMIT, outcomes, gids, dispatch=dispatch,
                                grace_s=grace_s)
         faults.hit("after_decision")
         for held in foreign:
@@ -199,6 +207,22 @@ class TurnHold:
             except exc.DBAPIError:
                 # The decision is durable; the reconciler commits what is still prepared.
                 log.exception("COMMIT PREPARED %r failed; left to the reconciler", held.gid)
+
+    def prepare_for_approval(self, ledger: Engine, turn_id: str, outcomes: dict[str, Any],
+                             dispatch: Sequence[str] = (), grace_s: float = 2.0) -> None:
+        """PREPARE every held transaction, the ledger's own included, and record the decision
+        ``approval``: the effects wait, durable and holding their locks but no connection,
+        until the calls' approval resolves them (``gateway.calls.approvals``). A crash before
+        the decision is written leaves prepared transactions without one: presumed abort."""
+        for held in self.connections.values():
+            if held.gid is None:
+                held.gid = make_gid(self.gid_prefix, turn_id)
+            held.prepare()
+        faults.hit("after_prepare")
+        gids = ",".join(h.gid for h in self.connections.values() if h.gid)
+        with ledger.begin() as conn:
+            write_decision(conn, turn_id, APPROVAL, outcomes, gids, dispatch=dispatch,
+                           grace_s=grace_s)
 
     def rollback(self) -> None:
         for held in self.connections.values():
@@ -281,3 +305,24 @@ def prepared_gids(conn: Connection, prefix: str) -> list[tuple[str, Any]]:
         {"p": f"{prefix}:%"},
     )
     return [(row.gid, row.prepared) for row in rows]
+
+
+def finish_prepared(engines: Sequence[Engine], gids: Sequence[str], commit: bool) -> int:
+    """COMMIT (or ROLLBACK) PREPARED each of ``gids`` on whichever database holds it; returns
+    how many it finished. Call it only once the decision is durable in the ledger: a gid it
+    cannot finish now stays prepared and the reconciler finishes it from that decision."""
+    verb = "COMMIT" if commit else "ROLLBACK"
+    done = 0
+    for engine in engines:
+        try:
+            with engine.connect() as pooled:
+                conn = pooled.execution_options(isolation_level="AUTOCOMMIT")
+                found = conn.execute(text("SELECT gid FROM pg_prepared_xacts WHERE gid = ANY(:g) "
+                                          "AND database = current_database()"),
+                                     {"g": list(gids)}).scalars().all()
+                for gid in found:
+                    conn.exec_driver_sql(f"{verb} PREPARED '{gid}'")
+                    done += 1
+        except exc.DBAPIError:
+            log.exception("%s PREPARED of %s failed; left to the reconciler", verb, gids)
+    return done

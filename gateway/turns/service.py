@@ -28,6 +28,8 @@ from gateway.calls.state import CallState, TurnScope, TurnState, load_scope, loa
 from gateway.errors import Conflict, InvalidArguments
 from gateway.ledger import models
 from gateway.ledger.service import (
+    APPROVAL,
+    COMMIT,
     CallMove,
     Move,
     Subject,
@@ -170,21 +172,40 @@ def _run_one_staged(rt: Runtime, scope: TurnScope, call: CallState) -> Outcome:
     return run_db_tool(rt, calls_service.identity(call), tool, arguments, keep=keep)
 
 
+def approval_waits(scope: TurnScope, outcomes: dict[str, Any]) -> set[str]:
+    """The ``db`` calls whose effects wait for an approval after commit: once a ``db`` call
+    that needs approval ran at commit, every ``db`` call with an effect in the turn, because
+    they share the turn transaction (DESIGN §3: the turn is held PREPAREd)."""
+    ran = [c for c in scope.calls if c.runner == "db" and c.id in outcomes
+           and outcomes[c.id]["status"] == S.COMMITTED]
+    if not any(c.requires_approval for c in ran):
+        return set()
+    return {c.id for c in ran if c.effect != "safe" or c.requires_approval}
+
+
 def _decide(rt: Runtime, scope: TurnScope, outcomes: dict[str, dict[str, Any]],
             dispatch: list[str]) -> None:
     grace = rt.settings.relay_grace_s
     hold = rt.holds.get(scope.turn.id)
+    if approval_waits(scope, outcomes):
+        if hold is not None and hold.connections:
+            hold.prepare_for_approval(rt.dbs.ledger, scope.turn.id, outcomes, dispatch, grace)
+        else:  # nothing held (only reads wait): the decision alone records the wait
+            with rt.dbs.ledger.begin() as conn:
+                write_decision(conn, scope.turn.id, APPROVAL, outcomes, dispatch=dispatch,
+                               grace_s=grace)
+        return
     if hold is not None and hold.connections:
         hold.commit(rt.dbs.ledger, scope.turn.id, outcomes, dispatch, grace)
         return
     if dispatch:  # the decision orders effects: it must be durable before anyone acts on it
         with rt.dbs.ledger.begin() as conn:
-            write_decision(conn, scope.turn.id, "commit", outcomes, dispatch=dispatch,
+            write_decision(conn, scope.turn.id, COMMIT, outcomes, dispatch=dispatch,
                            grace_s=grace)
         return
     # Nothing held, no effect to make durable: the decision needs no WAL-flush wait either.
     with rt.dbs.fast() as conn:
-        write_decision(conn, scope.turn.id, "commit", outcomes)
+        write_decision(conn, scope.turn.id, COMMIT, outcomes)
 
 
 def finalize(rt: Runtime, scope: TurnScope, outcomes: dict[str, dict[str, Any]]) -> None:
@@ -205,9 +226,11 @@ def finalize(rt: Runtime, scope: TurnScope, outcomes: dict[str, dict[str, Any]])
         if "resolved_arguments" in outcome:
             values["resolved_arguments"] = outcome["resolved_arguments"]
         moves.append(CallMove(call.subject, call.status, outcome["status"], values))
+    held = approval_waits(scope, outcomes)
     waiting = [CallMove(m.subject, S.COMMITTED, S.AWAITING_APPROVAL, {})
                for m in moves if m.target == S.COMMITTED
-               and scope.by_id(m.subject.call_id or "").requires_approval]
+               and (m.subject.call_id in held
+                    or scope.by_id(m.subject.call_id or "").requires_approval)]
     with rt.dbs.fast() as conn, conn.transaction():
         transition_calls(conn, scope.turn.tenant, moves)
         transition_calls(conn, scope.turn.tenant, waiting)
