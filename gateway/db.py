@@ -68,7 +68,7 @@ class Databases:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._fast_conns: list[psycopg.Connection[Any]] = []
-        self._fast_dsn = make_url(self.ledger_url).set(drivername="postgresql").render_as_string(
+        self.driver_dsn = make_url(self.ledger_url).set(drivername="postgresql").render_as_string(
             hide_password=False)
 
     @contextmanager
@@ -81,7 +81,7 @@ class Databases:
         written later through ``ledger`` flushes the WAL up to and past them."""
         conn = getattr(self._local, "conn", None)
         if conn is None or conn.closed:
-            conn = psycopg.connect(self._fast_dsn, autocommit=True,
+            conn = psycopg.connect(self.driver_dsn, autocommit=True,
                                    options="-c synchronous_commit=off")
             self._local.conn = conn
             with self._lock:

@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from sqlalchemy import text
 
+from gateway.calls.settled import SettleListener
 from gateway.calls.state import TurnScope
 from gateway.config import Settings
 from gateway.db import Databases
@@ -120,6 +121,8 @@ class Runtime:
     # step as they write (they are the only writers while this gateway owns the session), so a
     # request does not read the turn's calls again. Dropped on any error or outside write.
     scopes: LruDict[str, TurnScope] = field(default_factory=lambda: LruDict(10_000))
+    settled: SettleListener | None = None
+    _settled_lock: threading.Lock = field(default_factory=threading.Lock)
     _publisher: Publisher | None = None
     _publisher_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -137,6 +140,13 @@ class Runtime:
             ),
             gateway_id=gateway_id or default_gateway_id(),
         )
+
+    def settle_listener(self) -> SettleListener:
+        """The process's listener for settled task calls (created on first use)."""
+        with self._settled_lock:
+            if self.settled is None:
+                self.settled = SettleListener(self.dbs.driver_dsn)
+            return self.settled
 
     def claim(self, session_id: str, tenant: str) -> str | None:
         """Own the tenant's session (idempotent); returns the previous owner when taken over.
@@ -194,6 +204,8 @@ class Runtime:
     def close(self) -> None:
         if self._publisher is not None:
             self._publisher.close()
+        if self.settled is not None:
+            self.settled.stop()
         for turn_id in self.holds.turn_ids():
             hold = self.holds.get(turn_id)
             if hold is not None:

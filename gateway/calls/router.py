@@ -14,6 +14,7 @@ from starlette.responses import Response
 from gateway.auth.service import Principal, Role
 from gateway.calls import approvals, service
 from gateway.calls.schemas import ApprovalDecision, CallPage, CallView, CancelCall
+from gateway.calls.settled import FALLBACK_POLL_S
 from gateway.calls.state import CallState, load_calls
 from gateway.deps import CurrentKey, Idempotent, IdempotentDep, RuntimeDep
 from gateway.errors import BadRequest, Conflict, NotFound
@@ -42,10 +43,14 @@ def _load(rt: Runtime, tenant: str, call_id: str) -> tuple[CallState, dict[str, 
 def get_call(call_id: str, rt: RuntimeDep, key: CurrentKey,
              wait: Annotated[float, Query(ge=0, le=300)] = 0) -> CallView:
     deadline = time.monotonic() + min(wait, rt.settings.wait_max_s)
-    call, ids = _load(rt, key.tenant, call_id)
-    while call.status in UNSETTLED and time.monotonic() < deadline:
-        time.sleep(0.05)
+    if wait <= 0:
+        return sessions_service.call_view(*_load(rt, key.tenant, call_id))
+    with rt.settle_listener().watching([call_id]) as announced:
         call, ids = _load(rt, key.tenant, call_id)
+        while call.status in UNSETTLED and (left := deadline - time.monotonic()) > 0:
+            announced.wait(min(left, FALLBACK_POLL_S))
+            announced.clear()
+            call, ids = _load(rt, key.tenant, call_id)
     return sessions_service.call_view(call, ids)
 
 

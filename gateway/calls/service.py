@@ -19,6 +19,7 @@ from gateway.calls import placeholders
 from gateway.calls.approvals import issue_token, needs_approval
 from gateway.calls.execution import CallIdentity, Outcome, hold_for, run_db_tool
 from gateway.calls.schemas import IssueCall
+from gateway.calls.settled import FALLBACK_POLL_S
 from gateway.calls.state import CallState, TurnScope
 from gateway.errors import Conflict, InvalidArguments
 from gateway.ledger import models
@@ -198,17 +199,19 @@ def unsettled(scope: TurnScope) -> list[CallState]:
 
 
 def wait_settled(rt: Runtime, calls: list[CallState], timeout_s: float) -> bool:
-    """Poll until none of ``calls`` is still with the worker; False on timeout."""
+    """Wait until none of ``calls`` is still with the worker; False on timeout. Woken by the
+    worker's notification (gateway.calls.settled), reading the ledger again each time."""
     deadline = time.monotonic() + timeout_s
-    pause = 0.002
-    while True:
-        refresh(rt, calls)
-        if not any(c.status in WORKER_OWNED for c in calls):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(pause)
-        pause = min(pause * 2, 0.01)
+    with rt.settle_listener().watching([c.id for c in calls]) as announced:
+        while True:
+            refresh(rt, calls)
+            if not any(c.status in WORKER_OWNED for c in calls):
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            announced.wait(min(left, FALLBACK_POLL_S))
+            announced.clear()
 
 
 def drop_task_call(rt: Runtime, call: CallState, target: str, reason: str) -> None:

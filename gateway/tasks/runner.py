@@ -29,6 +29,7 @@ import orjson
 from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
+from gateway.calls.settled import notify
 from gateway.calls.state import CallState
 from gateway.config import Settings
 from gateway.db import Databases
@@ -215,6 +216,7 @@ def _finish(w: WorkerContext, conn: Connection, row: Any, call: CallState,
         return f"dropped ({current})"
     detail = None if attempt.ok else {"error": attempt.error}
     transition_call(conn, call.subject, str(current), target, values, detail)
+    notify(conn, call.id)
     _done(conn, row.id)
     return str(target)
 
