@@ -19,7 +19,10 @@ from gateway.config import Settings
 from gateway.migrate import setup_adapters, upgrade_ledger
 
 
-def _database(base_url: str | None, home: Path, name: str) -> str:
+def named_database(home: Path, name: str) -> str:
+    """The URL of database ``name`` on the test server, created if missing: the embedded one
+    under ``home`` unless SPECGATE_TEST_DATABASE_URL names a server."""
+    base_url = os.environ.get("SPECGATE_TEST_DATABASE_URL")
     if base_url is None:
         from gateway.embedded import embedded_database_url
 
@@ -46,7 +49,7 @@ def pg_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def ledger_url(pg_home: Path) -> str:
-    url = _database(os.environ.get("SPECGATE_TEST_DATABASE_URL"), pg_home, "sg_ledger")
+    url = named_database(pg_home, "sg_ledger")
     upgrade_ledger(url)
     return url
 
@@ -54,7 +57,7 @@ def ledger_url(pg_home: Path) -> str:
 @pytest.fixture(scope="session")
 def tool_url(pg_home: Path, ledger_url: str) -> str:
     """A second database on the same server: the demo shop there commits by 2PC."""
-    return _database(os.environ.get("SPECGATE_TEST_DATABASE_URL"), pg_home, "sg_tools")
+    return named_database(pg_home, "sg_tools")
 
 
 @pytest.fixture(scope="session", params=["local", "2pc"])
