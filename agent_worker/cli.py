@@ -1,0 +1,140 @@
+"""``specgate agent``: run one user utterance live against a gateway.
+
+The command function ``agent`` is meant to be registered on the ``specgate`` typer app; ``app``
+here holds it alone, for ``python -m agent_worker.cli`` and for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import IO, Annotated
+
+import typer
+
+from agent_worker import inputs
+from agent_worker.clock import Clock, VirtualClock, WallClock
+from agent_worker.errors import AgentError
+from agent_worker.gateway_client import GatewayClient
+from agent_worker.model import Backend, profile
+from agent_worker.runtime import AgentConfig
+from agent_worker.session import SessionResult, Source, parse_latency, run_session
+from agent_worker.trace import Trace
+
+app = typer.Typer(add_completion=False, help="The specgate agent worker.")
+
+Opt = typer.Option
+
+
+def agent(
+    key: Annotated[str, Opt("--key", envvar="SPECGATE_API_KEY", help="App API key.")],
+    gateway: Annotated[str, Opt("--gateway", envvar="SPECGATE_GATEWAY_URL",
+                                help="Gateway base URL.")] = "http://127.0.0.1:8080",
+    backend: Annotated[str, Opt(help="oracle (scripted, needs --task) or openai "
+                                     "(any OpenAI-compatible chat endpoint).")] = "oracle",
+    task: Annotated[Path | None, Opt(help="Oracle task JSON: utterance, gold calls, answer; "
+                                          "its utterance is the input when none is given.")
+                    ] = None,
+    transcript: Annotated[Path | None, Opt(help="Input: JSON words with start/end times.")
+                          ] = None,
+    text: Annotated[str | None, Opt(help="Input: text spoken at --wpm.")] = None,
+    stdin: Annotated[bool, Opt("--stdin", help="Input: typed lines; an empty line ends "
+                                              "the utterance.")] = False,
+    wpm: Annotated[float, Opt(help="Speech rate for --text.")] = inputs.SPEECH_WPM,
+    chunk_s: Annotated[float, Opt(help="Partial chunk length in seconds.")] = inputs.CHUNK_S,
+    sync: Annotated[bool, Opt("--sync", help="The synchronous baseline: whole utterance, "
+                                            "then one step at a time.")] = False,
+    latency_profile: Annotated[str, Opt("--profile", help="Oracle model cost: cloud, edge "
+                                                          "or instant.")] = "cloud",
+    tool_latency: Annotated[str | None, Opt(help="Injected tool latency per call, e.g. "
+                                                 "0.5-1 (uniform) or 0.7.")] = None,
+    simulated: Annotated[bool, Opt("--simulated", help="Simulated clock (oracle input from "
+                                                       "--task/--text/--transcript).")
+                         ] = False,
+    seed: Annotated[int, Opt(help="Seed of the injected tool latency.")] = 0,
+    model: Annotated[str, Opt(help="openai: model name.")] = "gpt-4o-mini",
+    base_url: Annotated[str | None, Opt(envvar="OPENAI_BASE_URL",
+                                        help="openai: endpoint base URL.")] = None,
+    trace_path: Annotated[Path | None, Opt("--trace", help="Write the trace (JSON lines).")
+                          ] = None,
+) -> None:
+    """Run one user utterance as a session against the gateway: speculative tool calls while
+    the user speaks, commit at the commit point, then print the answer."""
+    try:
+        if simulated and backend != "oracle":
+            raise ValueError("--simulated needs the oracle: a real model takes real time")
+        latency = parse_latency(tool_latency, seed)
+        clock: Clock = VirtualClock() if simulated else WallClock()
+        source = _source(task, transcript, text, stdin, wpm, chunk_s, simulated)
+        model_backend = _backend(backend, task, clock, latency_profile, sync, model, base_url)
+    except (ValueError, OSError, KeyError) as error:
+        raise typer.BadParameter(str(error)) from error
+    config = AgentConfig(mode="sync" if sync else "speculative", tool_latency=latency)
+    sink: IO[str] | None = trace_path.open("w") if trace_path else None
+    try:
+        outcome = asyncio.run(_run(gateway, key, clock, model_backend, source, config,
+                                   Trace(clock, sink)))
+    except AgentError as error:
+        typer.echo(f"agent failed: {error}", err=True)
+        raise typer.Exit(1) from error
+    finally:
+        if sink is not None:
+            sink.close()
+    typer.echo(outcome.turn.answer)
+    summary = {"session_id": outcome.session_id, "mode": config.mode,
+               "post_turn_latency_s": outcome.turn.post_turn_latency,
+               "steps": outcome.turn.steps, "errors": outcome.turn.errors}
+    typer.echo(json.dumps(summary), err=True)
+
+
+async def _run(gateway_url: str, key: str, clock: Clock, backend: Backend, source: Source,
+               config: AgentConfig, trace: Trace) -> SessionResult:
+    client = GatewayClient.connect(gateway_url, key, clock)
+    try:
+        return await run_session(client, backend, clock, source, config=config, trace=trace)
+    finally:
+        await client.aclose()
+
+
+def _source(task: Path | None, transcript: Path | None, text: str | None, stdin: bool,
+            wpm: float, chunk_s: float, simulated: bool) -> Source:
+    if sum(x is not None and x is not False for x in (transcript, text, stdin or None)) > 1:
+        raise ValueError("give one input: --transcript, --text or --stdin")
+    if stdin:
+        if simulated:
+            raise ValueError("--stdin is typed live: it cannot run on a simulated clock")
+        return lambda clock: inputs.typed_lines(clock, sys.stdin)
+    if transcript is not None:
+        return lambda clock: inputs.spoken_transcript(clock, transcript, chunk_s)
+    if text is None and task is not None:
+        from agent_worker.backends.oracle import OracleTask
+
+        text = OracleTask.load(task).utterance
+    if text is None:
+        raise ValueError("no input: give --transcript, --text, --stdin or an oracle --task")
+    spoken = text
+    return lambda clock: inputs.spoken_text(clock, spoken, wpm, chunk_s)
+
+
+def _backend(name: str, task: Path | None, clock: Clock, profile_name: str, sync: bool,
+             model: str, base_url: str | None) -> Backend:
+    if name == "oracle":
+        from agent_worker.backends.oracle import OracleBackend, OracleTask
+
+        if task is None:
+            raise ValueError("the oracle backend needs --task")
+        return OracleBackend(OracleTask.load(task), clock, profile(profile_name),
+                             parallel=not sync)
+    if name == "openai":
+        from agent_worker.backends.openai_chat import OpenAIChatBackend
+
+        return OpenAIChatBackend.create(model=model, base_url=base_url)
+    raise ValueError(f"unknown backend {name!r}: oracle or openai")
+
+
+app.command("agent")(agent)
+
+if __name__ == "__main__":
+    app()
