@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from gateway import metrics, recovery
+from gateway.admin import router as admin_router
 from gateway.auth import router as auth_router
 from gateway.auth.service import KeyCache
 from gateway.calls import router as calls_router
@@ -101,7 +102,7 @@ def create_app(settings: Settings | None = None, *, gateway_id: str | None = Non
     app = FastAPI(title="specgate", version="0.1.0", lifespan=lifespan,
                   description="Tool-execution gateway for speculative voice agents.")
     install_error_handlers(app)
-    for module in (sessions_router, calls_router, tools_router, auth_router):
+    for module in (sessions_router, calls_router, tools_router, auth_router, admin_router):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["ops"])

@@ -249,6 +249,15 @@ def _transition(conn: LedgerConn, model: type[models.Base], row_id: str | None, 
                 what=f"{table.name} {row_id!r} ({move.source} → {move.target})")
 
 
+def update_in_status(conn: LedgerConn, model: type[models.Base], row_id: str, move: Move,
+                     values: Mapping[str, Any]) -> None:
+    """Change columns of a call or turn that is still in ``move.source`` (compare-and-set),
+    appending the move's event: for an operator's change that keeps the status (e.g. a TTL
+    extended, ``source == target``). Raises ``StaleTransition`` if the row has moved on."""
+    if not _transition(conn, model, row_id, move, values):
+        raise StaleTransition(f"{row_id!r} is no longer {move.source!r}")
+
+
 def transition_call(conn: LedgerConn, subject: Subject, source: str, target: str,
                     values: Mapping[str, Any] | None = None,
                     detail: Mapping[str, Any] | None = None) -> None:

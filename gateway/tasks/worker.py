@@ -9,12 +9,15 @@ with a row lock, so they share it without coordination.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from celery import Celery, signals
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from gateway.config import Settings
@@ -50,6 +53,18 @@ def build(settings: Settings) -> tuple[Celery, WorkerContext]:
     return celery, w
 
 
+def worker_beat(ledger: Engine, worker_id: str | None = None) -> None:
+    """Record that a tool worker is alive: its housekeeping loop calls this every pass, the
+    dashboard's health panel reads it."""
+    with ledger.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO worker_heartbeats (id, host, pid, started_at, heartbeat_at) "
+            "VALUES (:id, :host, :pid, now(), now()) ON CONFLICT (id) DO UPDATE "
+            "SET heartbeat_at = now(), pid = EXCLUDED.pid"),
+            {"id": worker_id or f"{socket.gethostname()}:{os.getpid()}",
+             "host": socket.gethostname(), "pid": os.getpid()})
+
+
 class Housekeeping:
     """The relay and the adapters' periodic jobs, every ``relay_period_s`` on a daemon thread."""
 
@@ -69,6 +84,10 @@ class Housekeeping:
         self._thread.join(timeout=10)
 
     def run_once(self) -> None:
+        try:
+            worker_beat(self.w.dbs.ledger)
+        except Exception:
+            log.exception("worker heartbeat failed; retrying next period")
         try:
             outbox.relay_pass(self.w.dbs.ledger, self.celery, self.w.settings)
         except Exception:
