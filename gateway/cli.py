@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from agent_worker.cli import agent
 from gateway.config import get_settings
 
 app = typer.Typer(help="specgate: speculative tool calls, held until the user is done.",
@@ -15,8 +18,11 @@ app = typer.Typer(help="specgate: speculative tool calls, held until the user is
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks (numbers measured side by side in one run).",
                         no_args_is_help=True)
+conformance_app = typer.Typer(help="Conformance against public benchmarks, graded by their "
+                              "own checkers.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(bench_app, name="bench")
+app.add_typer(conformance_app, name="conformance")
 console = Console()
 
 
@@ -58,6 +64,9 @@ def serve(host: str = "127.0.0.1", port: int = 8080,
     settings.home.mkdir(parents=True, exist_ok=True)
     if with_worker if with_worker is not None else settings.broker_url is None:
         child = LocalWorker(env={}, log_path=settings.home / "worker.log").start()
+    # uvicorn shuts down on SIGTERM, then raises the signal again: with the default handler
+    # that would end this process before the worker child is stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         application = create_app(settings, gateway_id=default_gateway_id(port))
         uvicorn.run(application, host=host, port=port,
@@ -126,6 +135,37 @@ def bench_gateway(sessions: str = "1,32", calls: int | None = None, out: str | N
     from gateway.bench.gateway_bench import main as bench_main
 
     bench_main(sessions, calls, out, home, console)
+
+
+@conformance_app.command("tau2")
+def conformance_tau2(
+        domain: Annotated[str, typer.Option(help="retail or airline.")],
+        tasks: Annotated[int | None, typer.Option(
+            help="Run this many tasks, spread evenly over the domain (default: all).")] = None,
+        task_id: Annotated[list[str] | None, typer.Option(
+            "--task-id", help="Run only this task (repeatable).")] = None,
+        speculative: Annotated[bool, typer.Option(
+            "--speculative", help="Issue a wrong early call before each write and amend it "
+            "before commit.")] = False,
+        out: Annotated[str | None, typer.Option(help="Write the results as JSON.")] = None,
+        home: str = ".specgate/conformance") -> None:
+    """Replay τ²-bench's gold actions through a real gateway and grade them with τ²'s own DB
+    hash and error texts; exits 1 on any mismatch."""
+    from gateway.conformance.reference import Tau2Missing
+    from gateway.conformance.run import main as conformance_main
+    from gateway.conformance.run import options_from
+
+    try:
+        options = options_from(domain, tasks, task_id or [], speculative, out, home)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    except Tau2Missing as error:
+        console.print(f"[red]{error}[/]")
+        raise typer.Exit(1) from error
+    raise typer.Exit(conformance_main(options, console))
+
+
+app.command("agent")(agent)
 
 
 def main() -> None:
