@@ -139,6 +139,17 @@ class CallGraph:
         self.trace.add("session", session_id=self.session_id, turn_id=self.turn_id)
         return self.session_id
 
+    async def heard(self, text: str, final: bool) -> None:
+        """Tell the gateway what the user said (the dashboard's timeline shows it beside the
+        calls). Best effort: a gateway without the transcript route does not stop the agent."""
+        if not text.strip() or not self.session_id:
+            return
+        try:
+            await self.gateway.append_transcript(self.session_id, text.strip(), final=final,
+                                                 turn_id=self.turn_id)
+        except GatewayError as error:
+            self.trace.add("transcript_not_recorded", error=str(error))
+
     # The model's actions -------------------------------------------------------------------
 
     def issue(self, call: ToolCall) -> CallRecord:

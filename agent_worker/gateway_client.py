@@ -97,6 +97,12 @@ class GatewayClient:
         return dict(await self._send("POST", f"/v1/sessions/{session_id}/turns/{turn_id}/commit",
                                      body))
 
+    async def append_transcript(self, session_id: str, text: str, *, final: bool,
+                                turn_id: str | None) -> None:
+        """Record what the user said, for the operators' session timeline."""
+        await self._send("POST", f"/v1/sessions/{session_id}/transcript",
+                         {"text": text, "final": final, "turn_id": turn_id})
+
     async def cancel_turn(self, session_id: str, turn_id: str, reason: str) -> dict[str, Any]:
         return dict(await self._send("POST", f"/v1/sessions/{session_id}/turns/{turn_id}/cancel",
                                      {"reason": reason}))

@@ -149,6 +149,7 @@ class Agent:
             return
         external: External | None = event
         if isinstance(event, UserChunk):
+            await self.graph.heard(event.text, event.final)
             external = self._user_chunk(event, state)
         if external is None:
             return

@@ -37,6 +37,18 @@ def test_speculates_then_commits_at_the_answer(world: World) -> None:
 
 
 
+def test_what_the_user_said_is_recorded_for_the_session_timeline(world: World) -> None:
+    run = world.run([
+        on("This is Ann", call(1, "create_order", customer="Ann")),
+        on("<final_query_update>", "<answer>", "An order for Ann.", "</answer>"),
+    ], ANN)
+    assert run.error is None, f"{run.error!r}\n{run.dump()}"
+    chunks = world.api.get(f"/v1/sessions/{run.session['id']}/transcript").json()
+    assert " ".join(c["text"] for c in chunks) == " ".join(t.strip() for _, t in ANN)
+    assert [c["final"] for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    assert {c["turn_id"] for c in chunks} == {run.session["turns"][0]["id"]}
+
+
 def _latency(**per_tool: float) -> AgentConfig:
     """Declared tool latency per demo tool (the others: none)."""
     return AgentConfig(tool_latency=lambda c: per_tool.get(c.name.removeprefix("demo."), 0.0))
