@@ -9,7 +9,6 @@ an outbox row still to run). Newest first, paged by a cursor over (created_at, i
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,6 +21,7 @@ from gateway.admin.schemas import Holder, QueueItem, QueuePage, Ttl
 from gateway.errors import BadRequest
 from gateway.ledger import models
 from gateway.ledger.states import CallStatus, TurnStatus
+from gateway.paging import decode_cursor, encode_cursor
 from gateway.runtime import Runtime
 
 S = CallStatus
@@ -89,20 +89,6 @@ def _filtered(query: Select[Any], f: QueueFilter, tenants: list[str], *,
     return query
 
 
-def _cursor(value: str | None) -> tuple[datetime, str] | None:
-    if not value:
-        return None
-    try:
-        stamp, call_id = base64.urlsafe_b64decode(value.encode()).decode().split("|", 1)
-        return datetime.fromisoformat(stamp), call_id
-    except ValueError as error:
-        raise BadRequest(f"invalid cursor {value!r}") from error
-
-
-def _next_cursor(created_at: datetime, call_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{call_id}".encode()).decode()
-
-
 def _rows(conn: Connection, f: QueueFilter, tenants: list[str]) -> list[Any]:
     work = (select(OUTBOX.c.id, OUTBOX.c.kind, OUTBOX.c.attempts, OUTBOX.c.sends,
                    OUTBOX.c.next_at, OUTBOX.c.last_error)
@@ -122,7 +108,7 @@ def _rows(conn: Connection, f: QueueFilter, tenants: list[str]) -> list[Any]:
         .outerjoin(work, true())
     )
     query = _filtered(query, f, tenants)
-    after = _cursor(f.cursor)
+    after = decode_cursor(f.cursor)
     if after is not None:
         query = query.where(or_(CALLS.c.created_at < after[0], and_(
             CALLS.c.created_at == after[0], CALLS.c.id < after[1])))
@@ -145,7 +131,7 @@ def page(conn: Connection, f: QueueFilter, tenants: list[str],
     more = len(rows) > f.limit
     rows = rows[:f.limit]
     items = [item(r, prepared or {}) for r in rows]
-    cursor = _next_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
+    cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
     return QueuePage(items=items, next_cursor=cursor, counts=counts(conn, f, tenants))
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import time
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -20,6 +18,7 @@ from gateway.deps import CurrentKey, Idempotent, IdempotentDep, RuntimeDep
 from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.ledger import models
 from gateway.ledger.states import CallStatus, TurnStatus
+from gateway.paging import decode_cursor, encode_cursor
 from gateway.runtime import Runtime
 from gateway.sessions import service as sessions_service
 
@@ -105,16 +104,6 @@ def _decide(call_id: str, rt: Runtime, key: Principal, idem: Idempotent,
     return idem.run(handler)
 
 
-def _cursor(value: str | None) -> tuple[datetime, str] | None:
-    if value is None:
-        return None
-    try:
-        stamp, call_id = base64.urlsafe_b64decode(value.encode()).decode().split("|", 1)
-        return datetime.fromisoformat(stamp), call_id
-    except ValueError as error:
-        raise BadRequest(f"invalid cursor {value!r}") from error
-
-
 @router.get("", response_model=CallPage)
 def list_calls(rt: RuntimeDep, key: CurrentKey, status: str | None = None,
                tool: str | None = None, session: str | None = None,
@@ -128,7 +117,7 @@ def list_calls(rt: RuntimeDep, key: CurrentKey, status: str | None = None,
                           (CALLS.c.session_id, session)):
         if value is not None:
             query = query.where(column == value)
-    after = _cursor(cursor)
+    after = decode_cursor(cursor)
     if after is not None:
         query = query.where(or_(CALLS.c.created_at < after[0], and_(
             CALLS.c.created_at == after[0], CALLS.c.id < after[1])))
@@ -141,7 +130,6 @@ def list_calls(rt: RuntimeDep, key: CurrentKey, status: str | None = None,
     if more:
         last = calls[-1]
         assert last.created_at is not None
-        raw = f"{last.created_at.isoformat()}|{last.id}"
-        next_cursor = base64.urlsafe_b64encode(raw.encode()).decode()
+        next_cursor = encode_cursor(last.created_at, last.id)
     return CallPage(items=[sessions_service.call_view(c, {}) for c in calls],
                     next_cursor=next_cursor)
