@@ -137,6 +137,43 @@ def bench_gateway(sessions: str = "1,32", calls: int | None = None, out: str | N
     bench_main(sessions, calls, out, home, console)
 
 
+@bench_app.command("tau2")
+def bench_tau2(
+        domain: Annotated[str, typer.Option(help="retail or airline.")],
+        out: Annotated[str, typer.Option(help="Directory for results.json, results.md and "
+                                              "latency.png.")],
+        corrections: Annotated[bool, typer.Option(
+            "--corrections", help="The user first says a wrong value for an argument of a "
+            "write and corrects it a few words later.")] = False,
+        profile: Annotated[str, typer.Option(
+            help="The oracle model's declared cost: cloud, edge or instant.")] = "cloud",
+        tasks: Annotated[int | None, typer.Option(
+            help="Run this many tasks, spread evenly over the domain (default: all).")] = None,
+        task_id: Annotated[list[str] | None, typer.Option(
+            "--task-id", help="Run only this task (repeatable).")] = None,
+        tool_latency: Annotated[str, typer.Option(
+            help="Injected tool latency per call in seconds: 0.5-1 (uniform) or 0.7.")
+                                ] = "0.5-1",
+        seed: Annotated[int, typer.Option(help="Seed of the injected tool latency.")] = 0,
+        home: str = ".specgate/bench-tau2") -> None:
+    """Streaming replay of τ² tasks: the synchronous baseline and the speculative agent side by
+    side through a real gateway, graded by τ²'s DB hash; post-turn latency, speedup, ideal
+    bound. Exits 1 when the speculative runs are less accurate than the baseline."""
+    from agent_worker.bench.tau2_run import main as tau2_main
+    from agent_worker.bench.tau2_run import options_from
+    from gateway.conformance.reference import Tau2Missing
+
+    try:
+        options = options_from(domain, corrections, profile, tasks, task_id or [],
+                               tool_latency, seed, out, home)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    except Tau2Missing as error:
+        console.print(f"[red]{error}[/]")
+        raise typer.Exit(1) from error
+    raise typer.Exit(tau2_main(options, console))
+
+
 @conformance_app.command("tau2")
 def conformance_tau2(
         domain: Annotated[str, typer.Option(help="retail or airline.")],

@@ -2,12 +2,25 @@
 heard, and costs a declared latency profile instead of a real model's time (DESIGN §6–7).
 
 A gold call is ready once every literal argument value (strings and numbers; placeholders
-aside) occurs, case-insensitively, in what the user has said so far or in a result already
-observed — and, at the final update, unconditionally (a value said in other words, "two" for
-2, is known once the utterance is complete). Its dependencies must have been issued; their
-results are left to the gateway's placeholders. Ready calls are issued together, numbered
-after the highest id so far, with placeholders renumbered. When nothing is left to issue: the
-gold answer once the user has finished and every call has its observation, else ``<pause/>``.
+aside) occurs, case-insensitively and as a whole token (``mentions``), in what the user has
+said so far or in a result already observed — and, at the final update, unconditionally (a
+value said in other words, "two" for 2, is known once the utterance is complete). A task may
+narrow that last rule to the values it lists in ``at_final``: the others (values only a result
+shows) then wait for the result even after the user has finished. Its dependencies must have
+been issued; their results are left to the gateway's placeholders; ``after`` names calls that
+must merely have been issued first (the order of a task's writes). Ready calls are issued
+together, numbered after the highest id so far, with placeholders renumbered. When nothing is
+left to issue: the gold answer once the user has finished and every call has its observation,
+else ``<pause/>``.
+
+Corrections (``Correction``: the user says a wrong value, then the right one): while the wrong
+value has been heard and the right one not yet, the oracle believes the wrong one and issues
+gold calls with it in place of the right value (and amends calls it had issued with the right
+one, known from a result); once the right value is heard, each call it issued with the wrong
+value is amended (re-emitted under its id with the gold arguments). The order of the calls in
+``ordered`` (a task's writes) is kept: should one of them leave the turn (an amend the gateway
+refused, a conflict) while a call that must come after it is live, that call is removed
+before the user has finished, and both are issued again in order.
 
 The oracle reads only the transcript (what any model would see), so it stays right across
 interruptions: a call it was cut off while writing is simply issued again. Sequential mode
@@ -34,11 +47,23 @@ PIECE_CHARS = 16  # emitted in pieces of 4 tokens
 
 
 @dataclass(frozen=True)
+class Correction:
+    """The user first says ``wrong`` where ``right`` belongs, and corrects it later."""
+
+    wrong: str
+    right: str
+
+
+@dataclass(frozen=True)
 class OracleTask:
     utterance: str
     calls: tuple[ToolCall, ...]
     answer: str
     name: str = "task"
+    at_final: frozenset[str] | None = None  # None: the final update makes every value known
+    after: dict[int, tuple[int, ...]] = field(default_factory=dict)  # gold id → issued first
+    corrections: tuple[Correction, ...] = ()
+    ordered: frozenset[int] = frozenset()  # gold ids whose place in ``after`` must hold
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> OracleTask:
@@ -53,7 +78,41 @@ class OracleTask:
         return cls.from_json(json.loads(path.read_text()))
 
 
-def _literals(value: Any) -> Iterator[str]:
+def mention_at(text: str, value: str, start: int = 0) -> int:
+    """Where ``value`` first occurs in ``text`` from ``start``, case-insensitively, as a whole
+    token: not glued to a letter or digit on a side where the value itself starts or ends with
+    one ("no" is not in "know", 2 is not in 12). -1 when nowhere."""
+    text, value = text.lower(), value.lower()
+    at = text.find(value, start)
+    while at >= 0:
+        end = at + len(value)
+        glued_before = at > 0 and text[at - 1].isalnum() and value[:1].isalnum()
+        glued_after = end < len(text) and text[end].isalnum() and value[-1:].isalnum()
+        if not (glued_before or glued_after):
+            return at
+        at = text.find(value, at + 1)
+    return -1
+
+
+def mentions(text: str, value: str) -> bool:
+    """Whether ``value`` occurs in ``text`` as a whole token (see ``mention_at``)."""
+    return mention_at(text, value) >= 0
+
+
+def substitute(value: Any, swaps: dict[str, str]) -> Any:
+    """``value`` with every string equal to a key of ``swaps`` replaced by its value."""
+    if isinstance(value, str):
+        return swaps.get(value, value)
+    if isinstance(value, dict):
+        return {k: substitute(v, swaps) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute(v, swaps) for v in value]
+    return value
+
+
+def literals(value: Any) -> Iterator[str]:
+    """The literal values of arguments a model must know: strings (placeholders aside) and
+    numbers, in order."""
     if isinstance(value, bool) or value is None:
         return
     if isinstance(value, str):
@@ -63,10 +122,10 @@ def _literals(value: Any) -> Iterator[str]:
         yield str(value)
     elif isinstance(value, dict):
         for item in value.values():
-            yield from _literals(item)
+            yield from literals(item)
     elif isinstance(value, list):
         for item in value:
-            yield from _literals(item)
+            yield from literals(item)
 
 
 def _renumber(value: Any, ids: dict[int, int]) -> Any:
@@ -91,6 +150,7 @@ class _Seen:
     observed: dict[int, str] = field(default_factory=dict)
     issued: dict[int, ToolCall] = field(default_factory=dict)  # live, by model id
     highest: int = 0
+    results: str = ""  # the observations still standing, one text
 
     @classmethod
     def read(cls, context: Context) -> _Seen:
@@ -100,6 +160,7 @@ class _Seen:
                 seen._injected(text)
             else:
                 seen._wrote(text)
+        seen.results = "\n".join(seen.observed.values())
         return seen
 
     def _injected(self, text: str) -> None:
@@ -121,12 +182,13 @@ class _Seen:
             elif isinstance(element, protocol.Remove):
                 self.issued.pop(element.id, None)
 
-    def knows(self, value: str) -> bool:
-        if self.final:
+    def said(self, value: str) -> bool:
+        return mentions(self.heard, value)
+
+    def knows(self, value: str, at_final: frozenset[str] | None) -> bool:
+        if self.final and (at_final is None or value in at_final):
             return True
-        value = value.lower()
-        return value in self.heard.lower() or any(value in o.lower()
-                                                  for o in self.observed.values())
+        return self.said(value) or mentions(self.results, value)
 
 
 @dataclass
@@ -149,42 +211,63 @@ class OracleBackend:
 
     def decide(self, context: Context) -> str:
         seen = _Seen.read(context)
-        matched = self._match(seen)
-        ready = self._ready(seen, matched)
-        if ready:
-            calls, ids, next_id = [], dict(matched), seen.highest + 1
-            for gold in ready:
-                ids[gold.id] = next_id
-                calls.append(ToolCall(next_id, gold.name, _renumber(gold.arguments, ids),
-                                      tuple(ids[d] for d in gold.depends_on)))
-                next_id += 1
+        belief = {c.right: c.wrong for c in self.task.corrections
+                  if seen.said(c.wrong) and not seen.said(c.right)}
+        matched, stale = self._match(seen, belief)
+        misplaced = [matched[g.id] for g in self.task.calls if g.id in matched
+                     and any(a in self.task.ordered and a not in matched
+                             for a in self.task.after.get(g.id, ()))]
+        if misplaced and not seen.final:
+            return "".join(f"<remove>{i}</remove>" for i in misplaced)
+        calls = [ToolCall(matched[gold.id], gold.name,
+                          _renumber(substitute(gold.arguments, belief), matched),
+                          tuple(matched[d] for d in gold.depends_on if d in matched))
+                 for gold in self.task.calls if gold.id in stale]  # amends: same ids
+        ids, next_id = dict(matched), seen.highest + 1
+        for gold in self._ready(seen, matched, belief):
+            ids[gold.id] = next_id
+            calls.append(ToolCall(next_id, gold.name,
+                                  _renumber(substitute(gold.arguments, belief), ids),
+                                  tuple(ids[d] for d in gold.depends_on)))
+            next_id += 1
+        if calls:
             return "".join(protocol.render_tool_call(c) for c in calls)
         waiting = any(i not in seen.observed for i in seen.issued)
         if seen.final and len(matched) == len(self.task.calls) and not waiting:
             return f"<answer>{self.task.answer}</answer>"
         return "<pause/>"
 
-    def _match(self, seen: _Seen) -> dict[int, int]:
-        """Gold id → model id of the live issued call that is that gold call."""
+    def _match(self, seen: _Seen, belief: dict[str, str]) -> tuple[dict[int, int], set[int]]:
+        """Gold id → model id of the live issued call that is that gold call, and the gold
+        ids whose call carries a wrong value the user has since corrected."""
+        misheard = {c.right: c.wrong for c in self.task.corrections}
         matched: dict[int, int] = {}
+        stale: set[int] = set()
         for model_id, call in sorted(seen.issued.items()):
             for gold in self.task.calls:
                 if gold.id in matched or gold.name != call.name:
                     continue
-                if _renumber(gold.arguments, matched) == call.arguments:
+                believed = _renumber(substitute(gold.arguments, belief), matched)
+                wrong = _renumber(substitute(gold.arguments, misheard), matched)
+                if call.arguments in (believed, _renumber(gold.arguments, matched), wrong):
                     matched[gold.id] = model_id
+                    if call.arguments != believed:
+                        stale.add(gold.id)
                     break
-        return matched
+        return matched, stale
 
-    def _ready(self, seen: _Seen, matched: dict[int, int]) -> list[ToolCall]:
+    def _ready(self, seen: _Seen, matched: dict[int, int],
+               belief: dict[str, str]) -> list[ToolCall]:
         ready: list[ToolCall] = []
         for gold in self.task.calls:
             if gold.id in matched:
                 continue
             deps = gold.dependencies()
-            if any(d not in matched and d not in {r.id for r in ready} for d in deps):
+            issued = {*matched, *(r.id for r in ready)}
+            if any(d not in issued for d in (*deps, *self.task.after.get(gold.id, ()))):
                 continue
-            if not all(seen.knows(v) for v in _literals(gold.arguments)):
+            arguments = substitute(gold.arguments, belief)
+            if not all(seen.knows(v, self.task.at_final) for v in literals(arguments)):
                 continue
             if not self.parallel:
                 in_flight = any(i not in seen.observed for i in seen.issued)
