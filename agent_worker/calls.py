@@ -15,9 +15,10 @@ only the new call, so after an amend the turn is read back once to find what els
 (dependents cancelled, replays that became ``conflict``).
 
 Why per-call long polls and not the session's SSE stream: a ``db`` call settles in the answer
-that issued it, and ``?wait=`` returns a ``task`` call within milliseconds of it settling (the
-gateway polls the ledger at 2–10 ms), with its result. The SSE stream polls every 0.2 s and
-carries transitions without results, so it would add latency and still need a read per call.
+that issued it, and ``?wait=`` returns a ``task`` call with its result as soon as the tool
+worker's notification that it settled arrives (``gateway.calls.settled``). The SSE stream polls
+every 0.2 s and carries transitions without results, so it would add latency and still need a
+read per call.
 
 Turns: calls go into the gateway turn open at the time they are posted. At the commit point
 the turn commits with every call the model kept; calls issued after it go into a new turn
@@ -28,7 +29,6 @@ an earlier, committed turn is resolved here: its placeholders are replaced by it
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -38,11 +38,11 @@ from agent_worker.clock import Clock
 from agent_worker.errors import GatewayError
 from agent_worker.events import Cancelled, External, Observation
 from agent_worker.gateway_client import LIVE, UNSETTLED, GatewayClient
+from agent_worker.placeholders import resolve
 from agent_worker.protocol import ToolCall
 from agent_worker.trace import Trace
 
 ToolLatency = Callable[[ToolCall], float]
-_PLACEHOLDER = re.compile(r"^\$(?P<call>[0-9]+)(?P<path>(?:\.[^.]+)*)$")
 
 
 class Outcome(StrEnum):
@@ -232,10 +232,10 @@ class CallGraph:
         if old is not None and old.turn_id == self.turn_id and old.gateway_live:
             supersedes = str(old.id)
         same_turn = [d for d, dep in record.deps.items() if dep.turn_id == self.turn_id]
-        earlier = {str(d): dep.view.get("result") for d, dep in record.deps.items()
+        earlier = {d: dep.view.get("result") for d, dep in record.deps.items()
                    if d not in same_turn and dep.view is not None}
         return await self.gateway.issue(
-            self.session_id, tool=call.name, arguments=_resolve(call.arguments, earlier),
+            self.session_id, tool=call.name, arguments=resolve(call.arguments, earlier),
             client_call_id=str(call.id),
             depends_on=[str(d) for d in call.depends_on if d in same_turn],
             supersedes=supersedes)
@@ -258,11 +258,13 @@ class CallGraph:
         elif record.end(Outcome.CANCELLED):
             self._report(record, Cancelled(record.id, _why_gone(view)))
 
-    def _report(self, record: CallRecord, event: External) -> None:
-        kind = "observation" if isinstance(event, Observation) else "call_cancelled"
-        self.trace.add(kind, id=record.id, version=record.version,
-                       **({"payload": event.payload} if isinstance(event, Observation)
-                          else {"reason": getattr(event, "reason", "")}))
+    def _report(self, record: CallRecord, event: Observation | Cancelled) -> None:
+        if isinstance(event, Observation):
+            self.trace.add("observation", id=record.id, version=record.version,
+                           payload=event.payload)
+        else:
+            self.trace.add("call_cancelled", id=record.id, version=record.version,
+                           reason=event.reason)
         self.emit(event)
 
     # Cancellation, cascades and conflicts ---------------------------------------------------
@@ -406,26 +408,3 @@ class CallGraph:
         task: asyncio.Task[None] = asyncio.create_task(coroutine)
         self._side_tasks.add(task)
         task.add_done_callback(self._side_tasks.discard)
-
-
-def _resolve(value: Any, results: dict[str, Any]) -> Any:
-    """Replace placeholders naming calls of earlier turns (``results``) by their values; the
-    others are left for the gateway."""
-    if isinstance(value, str):
-        match = _PLACEHOLDER.match(value) if not value.startswith("$$") else None
-        if match is None or match["call"] not in results:
-            return value
-        found = results[match["call"]]
-        for part in filter(None, match["path"].split(".")):
-            if isinstance(found, dict) and part in found:
-                found = found[part]
-            elif isinstance(found, list) and part.lstrip("-").isdigit():
-                found = found[int(part)]
-            else:
-                return value  # the gateway will refuse it with its own message
-        return found
-    if isinstance(value, dict):
-        return {k: _resolve(v, results) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_resolve(v, results) for v in value]
-    return value

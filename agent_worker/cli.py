@@ -100,7 +100,7 @@ async def _run(gateway_url: str, key: str, clock: Clock, backend: Backend, sourc
 
 def _source(task: Path | None, transcript: Path | None, text: str | None, stdin: bool,
             wpm: float, chunk_s: float, simulated: bool) -> Source:
-    if sum(x is not None and x is not False for x in (transcript, text, stdin or None)) > 1:
+    if sum([transcript is not None, text is not None, stdin]) > 1:
         raise ValueError("give one input: --transcript, --text or --stdin")
     if stdin:
         if simulated:

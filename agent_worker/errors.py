@@ -18,11 +18,9 @@ class AgentError(Exception):
 
 
 class GatewayError(AgentError):
-    def __init__(self, status: int, code: str, message: str,
-                 body: dict[str, Any] | None = None) -> None:
+    def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status, self.code, self.message = status, code, message
-        self.body = body or {}
 
     def as_payload(self) -> dict[str, Any]:
         """What the model is shown: the gateway's error code and message."""

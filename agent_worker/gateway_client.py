@@ -15,7 +15,6 @@ import httpx
 from agent_worker.clock import Clock
 from agent_worker.errors import GatewayError
 
-SETTLED = frozenset({"held", "succeeded", "staged", "failed"})
 LIVE = frozenset({"proposed", "running", "held", "succeeded", "staged"})
 UNSETTLED = frozenset({"proposed", "running"})
 WAIT_S = 10.0
@@ -91,11 +90,9 @@ class GatewayClient:
     async def cancel(self, call_id: str, reason: str) -> list[dict[str, Any]]:
         return list(await self._send("POST", f"/v1/calls/{call_id}/cancel", {"reason": reason}))
 
-    async def commit(self, session_id: str, turn_id: str,
-                     keep: list[str] | None) -> dict[str, Any]:
-        body = {} if keep is None else {"keep": keep}
+    async def commit(self, session_id: str, turn_id: str, keep: list[str]) -> dict[str, Any]:
         return dict(await self._send("POST", f"/v1/sessions/{session_id}/turns/{turn_id}/commit",
-                                     body))
+                                     {"keep": keep}))
 
     async def append_transcript(self, session_id: str, text: str, *, final: bool,
                                 turn_id: str | None) -> None:
@@ -110,8 +107,7 @@ class GatewayClient:
 
 def _error(response: httpx.Response) -> GatewayError:
     try:
-        body = response.json()
-        error = body["error"]
-        return GatewayError(response.status_code, str(error["code"]), str(error["message"]), body)
+        error = response.json()["error"]
+        return GatewayError(response.status_code, str(error["code"]), str(error["message"]))
     except (ValueError, KeyError, TypeError):
         return GatewayError(response.status_code, "http_error", response.text[:300])

@@ -32,9 +32,6 @@ class Transcript:
         else:
             self.segments.append((role, text))
 
-    def text_of(self, role: Role) -> str:
-        return "".join(text for r, text in self.segments if r == role)
-
 
 @dataclass(frozen=True)
 class Context:
@@ -46,9 +43,6 @@ class Context:
         """Chat messages: the system prompt, then the transcript."""
         return [{"role": "system", "content": self.system},
                 *({"role": role, "content": text} for role, text in self.segments)]
-
-    def text_of(self, role: Role) -> str:
-        return "".join(text for r, text in self.segments if r == role)
 
 
 class Backend(Protocol):
@@ -68,13 +62,13 @@ class LatencyProfile:
     ttft_s: float
     tokens_per_s: float
 
-    def tokens(self, text: str) -> int:
-        return max(1, math.ceil(len(text) / 4))
+    @property
+    def seconds_per_char(self) -> float:
+        return 0.0 if math.isinf(self.tokens_per_s) else 1.0 / (4 * self.tokens_per_s)
 
     def seconds(self, text: str) -> float:
-        if math.isinf(self.tokens_per_s):
-            return self.ttft_s
-        return self.ttft_s + self.tokens(text) / self.tokens_per_s
+        """One uninterrupted step writing ``text``: the first token, then the text."""
+        return self.ttft_s + len(text) * self.seconds_per_char
 
 
 # Named profiles. "cloud": a hosted realtime/chat model over the network (first token ≈0.6 s,

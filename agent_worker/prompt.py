@@ -34,8 +34,7 @@ themselves. If your thinking is cut off by new input, you see </think_interrupte
 def system_prompt(tools: Iterable[dict[str, Any]], instructions: str | None = None) -> str:
     lines = [PROTOCOL, "Tools:"]
     for tool in tools:
-        schema = json.dumps(tool.get("parameters") or tool.get("schema") or {},
-                            separators=(",", ":"))
+        schema = json.dumps(tool.get("parameters") or {}, separators=(",", ":"))
         lines.append(f"- {tool['name']} ({tool.get('effect', '?')}): "
                      f"{(tool.get('description') or '').strip()} Arguments: {schema}")
     if instructions:

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent_worker import placeholders
+
 THINK_INTERRUPTED = "</think_interrupted>"
-_PLACEHOLDER = re.compile(r"^\$(?P<call>[0-9]+)(?:\.[^.]+)*$")
 _CALL_KEYS = frozenset({"id", "name", "arguments", "depends_on"})
 _LONGEST_TAG = 32  # an opening tag longer than this without '>' is not one of ours
 
@@ -49,12 +50,8 @@ class ToolCall:
 
     def dependencies(self) -> tuple[int, ...]:
         """Explicit ``depends_on`` and the calls named by placeholders, without repeats."""
-        found = list(self.depends_on)
-        for value in _strings(self.arguments):
-            match = _PLACEHOLDER.match(value) if not value.startswith("$$") else None
-            if match and int(match["call"]) not in found:
-                found.append(int(match["call"]))
-        return tuple(found)
+        named = placeholders.references(self.arguments)
+        return tuple(dict.fromkeys([*self.depends_on, *named]))
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"id": self.id, "name": self.name, "arguments": self.arguments}
@@ -86,22 +83,9 @@ class Answer:
 @dataclass(frozen=True)
 class Malformed:
     message: str
-    raw: str = ""
 
 
-Action = ToolCall | Remove | Pause | Answer
 Element = Think | ToolCall | Remove | Pause | AnswerStart | Answer | Malformed
-
-
-def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
 
 
 def _as_id(value: Any) -> int | None:
@@ -115,38 +99,35 @@ def _as_id(value: Any) -> int | None:
 
 
 def parse_tool_call(body: str) -> ToolCall | Malformed:
-    raw = f"<tool_call>{body}</tool_call>"
     try:
         data = json.loads(body)
     except json.JSONDecodeError as error:
         return Malformed(f"<tool_call> does not hold valid JSON ({error.msg} at character "
-                         f"{error.pos})", raw)
+                         f"{error.pos})")
     if not isinstance(data, dict):
-        return Malformed("<tool_call> must hold a JSON object", raw)
+        return Malformed("<tool_call> must hold a JSON object")
     unknown = sorted(set(data) - _CALL_KEYS)
     if unknown:
         return Malformed(f"<tool_call> has an unknown field {unknown[0]!r}; the fields are "
-                         "id, name, arguments, depends_on", raw)
+                         "id, name, arguments, depends_on")
     call_id, name = _as_id(data.get("id")), data.get("name")
     arguments, depends = data.get("arguments", {}), data.get("depends_on", [])
     if call_id is None:
-        return Malformed("<tool_call> needs an integer \"id\" of 1 or more", raw)
+        return Malformed("<tool_call> needs an integer \"id\" of 1 or more")
     if not isinstance(name, str) or not name:
-        return Malformed(f"<tool_call> {call_id} needs a tool \"name\"", raw)
+        return Malformed(f"<tool_call> {call_id} needs a tool \"name\"")
     if not isinstance(arguments, dict):
-        return Malformed(f"<tool_call> {call_id}: \"arguments\" must be an object", raw)
+        return Malformed(f"<tool_call> {call_id}: \"arguments\" must be an object")
     deps = [_as_id(d) for d in depends] if isinstance(depends, list) else [None]
     if any(d is None for d in deps):
-        return Malformed(f"<tool_call> {call_id}: \"depends_on\" must be a list of call ids",
-                         raw)
+        return Malformed(f"<tool_call> {call_id}: \"depends_on\" must be a list of call ids")
     return ToolCall(call_id, name, arguments, tuple(d for d in deps if d is not None))
 
 
 def _parse_remove(body: str) -> Remove | Malformed:
     call_id = _as_id(body.strip())
     if call_id is None:
-        return Malformed(f"<remove> must hold one call id, got {body!r}",
-                         f"<remove>{body}</remove>")
+        return Malformed(f"<remove> must hold one call id, got {body!r}")
     return Remove(call_id)
 
 
@@ -161,9 +142,9 @@ _INJECTED = ("partial_query_update", "final_query_update", "observation", "cance
 def _unknown_tag(tag: str) -> Malformed:
     name = tag.strip("</>").split()[0] if tag.strip("</>") else tag
     if name in _INJECTED or name == "think_interrupted":
-        return Malformed(f"<{name}> is written by the runtime, not by the model", tag)
+        return Malformed(f"<{name}> is written by the runtime, not by the model")
     return Malformed(f"unknown tag {tag!r}; write <think>, <tool_call>, <remove>, <pause/> "
-                     "or <answer>", tag)
+                     "or <answer>")
 
 
 @dataclass
@@ -178,7 +159,6 @@ class StreamParser:
     broken: bool = False
     _cursor: int = 0
     _content_start: int = 0
-    _last_start: int = 0
 
     def feed(self, delta: str) -> list[Element]:
         self.text += delta
@@ -198,10 +178,9 @@ class StreamParser:
             return None
         rest = self.text[self._cursor:].strip()
         if self.incomplete is not None:
-            return Malformed(f"the output stopped inside <{self.incomplete}>",
-                             self.text[self.complete_end:])
+            return Malformed(f"the output stopped inside <{self.incomplete}>")
         if rest:
-            return Malformed(f"the output stopped inside a tag: {rest[:40]!r}", rest)
+            return Malformed(f"the output stopped inside a tag: {rest[:40]!r}")
         return None
 
     def _checked(self, element: Element) -> Element:
@@ -210,7 +189,7 @@ class StreamParser:
         problem = self.book.check(element)
         if problem is not None:
             self.broken = True
-            return Malformed(problem, self.text[self._last_start:self.complete_end])
+            return Malformed(problem)
         self.book.record(element)
         return element
 
@@ -226,18 +205,18 @@ class StreamParser:
         if text[at] != "<":
             end = text.find("<", at)
             stray = text[at:] if end < 0 else text[at:end]
-            return Malformed(f"text outside a tag: {stray[:60]!r}", stray)
+            return Malformed(f"text outside a tag: {stray[:60]!r}")
         gt = text.find(">", at)
         if gt < 0:
             if len(text) - at > _LONGEST_TAG:
-                return Malformed(f"unterminated tag {text[at:at + 40]!r}", text[at:])
+                return Malformed(f"unterminated tag {text[at:at + 40]!r}")
             return None
         tag = text[at:gt + 1]
         if "<" in tag[1:] or len(tag) > _LONGEST_TAG:
-            return Malformed(f"unterminated tag {text[at:at + 40]!r}", text[at:])
+            return Malformed(f"unterminated tag {text[at:at + 40]!r}")
         if tag not in _OPENERS:
             return _unknown_tag(tag)
-        self._last_start, self._cursor = at, gt + 1
+        self._cursor = gt + 1
         opened = _OPENERS[tag]
         if opened is None:
             self.complete_end = self._cursor
@@ -270,7 +249,7 @@ def _element(name: str, body: str, *, interrupted: bool) -> Element:
     if name == "answer":
         return Answer(body.strip())
     if body.strip():
-        return Malformed("<pause> takes no content; write <pause/>", f"<pause>{body}</pause>")
+        return Malformed("<pause> takes no content; write <pause/>")
     return Pause()
 
 

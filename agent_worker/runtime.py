@@ -66,6 +66,7 @@ from agent_worker.turn import AgentConfig, CommitDone, Generation, TurnResult, T
 
 __all__ = ["Agent", "AgentConfig", "TurnResult"]
 
+
 class Agent:
     def __init__(self, backend: Backend, gateway: GatewayClient, clock: Clock,
                  trace: Trace | None = None, config: AgentConfig | None = None) -> None:
@@ -165,7 +166,7 @@ class Agent:
         self.trace.add("user_chunk", text=chunk.text, final=chunk.final,
                        spoken_at=chunk.spoken_at)
         if chunk.final:
-            state.final_heard, state.source_done = True, True
+            state.final_heard = True
             state.last_word_at = chunk.spoken_at if chunk.spoken_at is not None \
                 else self.clock.now()
         if self.config.mode == "sync":

@@ -42,10 +42,8 @@ def uniform_latency(low: float, high: float, seed: int = 0) -> ToolLatency:
     return latency
 
 
-def parse_latency(spec: str | None, seed: int = 0) -> ToolLatency | None:
-    """``"0.5-1"`` (uniform), ``"0.7"`` (fixed) or None/empty (none)."""
-    if not spec:
-        return None
+def latency_range(spec: str) -> tuple[float, float]:
+    """``"0.5-1"`` (uniform), ``"0.7"`` (fixed) → (low, high) seconds."""
     low, _, high = spec.partition("-")
     try:
         a, b = float(low), float(high or low)
@@ -53,7 +51,12 @@ def parse_latency(spec: str | None, seed: int = 0) -> ToolLatency | None:
         raise ValueError(f"tool latency {spec!r}: write seconds, e.g. 0.7 or 0.5-1") from None
     if a < 0 or b < a:
         raise ValueError(f"tool latency {spec!r}: need 0 <= low <= high")
-    return uniform_latency(a, b, seed)
+    return a, b
+
+
+def parse_latency(spec: str | None, seed: int = 0) -> ToolLatency | None:
+    """A ``latency_range`` drawn uniformly per call, or None for None/empty (none)."""
+    return uniform_latency(*latency_range(spec), seed) if spec else None
 
 
 async def run_session(gateway: GatewayClient, backend: Backend, clock: Clock, source: Source,

@@ -64,7 +64,6 @@ class TurnState:
     reported: list[External] = field(default_factory=list)  # by the commit-point commit
     deferred: list[External] = field(default_factory=list)
     buffered: list[str] = field(default_factory=list)  # sync mode: words before the final
-    source_done: bool = False
     answer: str | None = None
     answer_started_at: float | None = None
     last_word_at: float | None = None

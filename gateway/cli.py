@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import logging
-import signal
-import sys
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -24,6 +23,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(bench_app, name="bench")
 app.add_typer(conformance_app, name="conformance")
 console = Console()
+T = TypeVar("T")
 
 
 def _logging(verbose: bool) -> None:
@@ -52,7 +52,7 @@ def serve(host: str = "127.0.0.1", port: int = 8080,
     import uvicorn
 
     from gateway.app import create_app
-    from gateway.localserver import LocalWorker
+    from gateway.localserver import LocalWorker, exit_on_sigterm
     from gateway.migrate import migrate_all
     from gateway.runtime import default_gateway_id
 
@@ -61,12 +61,11 @@ def serve(host: str = "127.0.0.1", port: int = 8080,
     if settings.embedded:
         migrate_all(settings)
     child = None
-    settings.home.mkdir(parents=True, exist_ok=True)
     if with_worker if with_worker is not None else settings.broker_url is None:
         child = LocalWorker(env={}, log_path=settings.home / "worker.log").start()
     # uvicorn shuts down on SIGTERM, then raises the signal again: with the default handler
     # that would end this process before the worker child is stopped.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    exit_on_sigterm()
     try:
         application = create_app(settings, gateway_id=default_gateway_id(port))
         uvicorn.run(application, host=host, port=port,
@@ -137,9 +136,31 @@ def bench_gateway(sessions: str = "1,32", calls: int | None = None, out: str | N
     bench_main(sessions, calls, out, home, console)
 
 
+Domain = Annotated[str, typer.Option(help="retail or airline.")]
+Tasks = Annotated[int | None, typer.Option(
+    help="Run this many tasks, spread evenly over the domain (default: all).")]
+TaskIds = Annotated[list[str] | None, typer.Option(
+    "--task-id", help="Run only this task (repeatable).")]
+
+
+def _run_tau2(options_from: Callable[[], T], main: Callable[[T, Console], int]) -> None:
+    """Build a τ² command's options (a bad value is a usage error, a missing τ² a clear
+    message) and exit with what its ``main`` returns."""
+    from gateway.conformance.reference import Tau2Missing
+
+    try:
+        options = options_from()
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    except Tau2Missing as error:
+        console.print(f"[red]{error}[/]")
+        raise typer.Exit(1) from error
+    raise typer.Exit(main(options, console))
+
+
 @bench_app.command("tau2")
 def bench_tau2(
-        domain: Annotated[str, typer.Option(help="retail or airline.")],
+        domain: Domain,
         out: Annotated[str, typer.Option(help="Directory for results.json, results.md and "
                                               "latency.png.")],
         corrections: Annotated[bool, typer.Option(
@@ -147,10 +168,8 @@ def bench_tau2(
             "write and corrects it a few words later.")] = False,
         profile: Annotated[str, typer.Option(
             help="The oracle model's declared cost: cloud, edge or instant.")] = "cloud",
-        tasks: Annotated[int | None, typer.Option(
-            help="Run this many tasks, spread evenly over the domain (default: all).")] = None,
-        task_id: Annotated[list[str] | None, typer.Option(
-            "--task-id", help="Run only this task (repeatable).")] = None,
+        tasks: Tasks = None,
+        task_id: TaskIds = None,
         tool_latency: Annotated[str, typer.Option(
             help="Injected tool latency per call in seconds: 0.5-1 (uniform) or 0.7.")
                                 ] = "0.5-1",
@@ -159,28 +178,17 @@ def bench_tau2(
     """Streaming replay of τ² tasks: the synchronous baseline and the speculative agent side by
     side through a real gateway, graded by τ²'s DB hash; post-turn latency, speedup, ideal
     bound. Exits 1 when the speculative runs are less accurate than the baseline."""
-    from agent_worker.bench.tau2_run import main as tau2_main
-    from agent_worker.bench.tau2_run import options_from
-    from gateway.conformance.reference import Tau2Missing
+    from agent_worker.bench import tau2_run
 
-    try:
-        options = options_from(domain, corrections, profile, tasks, task_id or [],
-                               tool_latency, seed, out, home)
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from error
-    except Tau2Missing as error:
-        console.print(f"[red]{error}[/]")
-        raise typer.Exit(1) from error
-    raise typer.Exit(tau2_main(options, console))
+    _run_tau2(lambda: tau2_run.options_from(domain, corrections, profile, tasks, task_id or [],
+                                            tool_latency, seed, out, home), tau2_run.main)
 
 
 @conformance_app.command("tau2")
 def conformance_tau2(
-        domain: Annotated[str, typer.Option(help="retail or airline.")],
-        tasks: Annotated[int | None, typer.Option(
-            help="Run this many tasks, spread evenly over the domain (default: all).")] = None,
-        task_id: Annotated[list[str] | None, typer.Option(
-            "--task-id", help="Run only this task (repeatable).")] = None,
+        domain: Domain,
+        tasks: Tasks = None,
+        task_id: TaskIds = None,
         speculative: Annotated[bool, typer.Option(
             "--speculative", help="Issue a wrong early call before each write and amend it "
             "before commit.")] = False,
@@ -188,18 +196,10 @@ def conformance_tau2(
         home: str = ".specgate/conformance") -> None:
     """Replay τ²-bench's gold actions through a real gateway and grade them with τ²'s own DB
     hash and error texts; exits 1 on any mismatch."""
-    from gateway.conformance.reference import Tau2Missing
-    from gateway.conformance.run import main as conformance_main
-    from gateway.conformance.run import options_from
+    from gateway.conformance import run
 
-    try:
-        options = options_from(domain, tasks, task_id or [], speculative, out, home)
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from error
-    except Tau2Missing as error:
-        console.print(f"[red]{error}[/]")
-        raise typer.Exit(1) from error
-    raise typer.Exit(conformance_main(options, console))
+    _run_tau2(lambda: run.options_from(domain, tasks, task_id or [], speculative, out, home),
+              run.main)
 
 
 app.command("agent")(agent)

@@ -84,8 +84,8 @@ class Databases:
             conn = psycopg.connect(self.driver_dsn, autocommit=True,
                                    options="-c synchronous_commit=off")
             self._local.conn = conn
-            with self._lock:
-                self._fast_conns.append(conn)
+            with self._lock:  # for dispose(); a thread's dropped one is forgotten here
+                self._fast_conns = [c for c in self._fast_conns if not c.closed] + [conn]
         try:
             yield conn
         except psycopg.OperationalError:

@@ -25,14 +25,25 @@ from gateway.config import Settings
 
 def settings_env(settings: Settings, ledger_url: str | None = None) -> dict[str, str]:
     """Environment that gives a child process exactly these settings (with the ledger URL
-    already resolved, so it does not start or migrate anything itself)."""
+    already resolved, so it does not start or migrate anything itself, and an absolute home)."""
     env = {}
     for name, value in settings.model_dump(mode="json").items():
         if value is not None:
             env[f"SPECGATE_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+    env["SPECGATE_HOME"] = str(settings.home.resolve())
     if ledger_url is not None:
         env["SPECGATE_DATABASE_URL"] = ledger_url
     return env
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM unwind like Ctrl-C (``SystemExit``), so a parent's ``finally`` blocks and
+    context managers stop its child processes instead of leaving them orphaned."""
+    signal.signal(signal.SIGTERM, _raise_exit)
+
+
+def _raise_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def free_port() -> int:

@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from gateway.calls import approvals
 from gateway.calls import service as calls_service
 from gateway.calls.state import TurnScope, load_scope
 from gateway.errors import Conflict
@@ -159,9 +160,7 @@ def _resolve_orphan(rt: Runtime, scope: TurnScope, counts: dict[str, int]) -> No
 
 
 def _reap(rt: Runtime, counts: dict[str, int]) -> None:
-    from gateway.calls.approvals import deny_expired
-
-    counts["denied_approvals"] = deny_expired(rt)
+    counts["denied_approvals"] = approvals.deny_expired(rt)
     query = text(
         "SELECT t.id, t.tenant, t.session_id, t.expires_at < now() AS turn_expired "
         "FROM turns t JOIN sessions s ON s.id = t.session_id WHERE t.status = 'open' AND ("

@@ -15,7 +15,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import text
 
@@ -24,10 +24,11 @@ from gateway.calls.state import TurnScope
 from gateway.config import Settings
 from gateway.db import Databases
 from gateway.errors import Conflict, NotFound
-from gateway.tasks.celery_app import make_celery
-from gateway.tasks.outbox import Publisher
 from gateway.tools.registry import Registry, load_registry
 from gateway.turns.holder import HeldTurns
+
+if TYPE_CHECKING:
+    from gateway.tasks.outbox import Publisher
 
 _CLAIM = text(
     """
@@ -193,11 +194,15 @@ class Runtime:
             )
 
     def publish(self, call_ids: list[str]) -> None:
-        """Ring the tool worker for calls whose outbox rows have just been committed."""
+        """Ring the tool worker for calls whose outbox rows have just been committed (Celery is
+        imported on first use: a gateway whose tools all run in the database never needs it)."""
         if not call_ids:
             return
         with self._publisher_lock:
             if self._publisher is None:
+                from gateway.tasks.celery_app import make_celery
+                from gateway.tasks.outbox import Publisher
+
                 self._publisher = Publisher(make_celery(self.settings, self.dbs.ledger_url))
         self._publisher(call_ids)
 

@@ -115,25 +115,28 @@ def gateway_factory(pg_home: Path, ledger_url: str) -> Iterator[object]:
         client.__exit__(None, None, None)
 
 
+def open_shop(topology: str, pg_home: Path, ledger_url: str, tool_url: str,
+              gateway_factory: Any, tenant: str, **overrides: object) -> ShopFixture:
+    """A gateway over the demo shop, reset, with an app and an admin key of ``tenant``: shop
+    tables in the ledger database (one local transaction at commit) or in another database
+    (two-phase commit). ``overrides`` are further settings."""
+    from tests.gateway.helpers import Api, new_keys
+
+    url = ledger_url if topology == "local" else tool_url
+    settings = make_settings(pg_home, ledger_url, None if topology == "local" else tool_url,
+                             **overrides)
+    reset_shop(url, settings)
+    client = gateway_factory(settings)
+    key, admin = new_keys(ledger_url, tenant, "app", "admin")
+    return ShopFixture(api=Api(client, key), admin=Api(client, admin), url=url,
+                       settings=settings, runtime=client.app.state.runtime)
+
+
 @pytest.fixture
 def shop(topology: str, pg_home: Path, ledger_url: str, tool_url: str, gateway_factory: object,
          tenant: str) -> object:
-    """A gateway over the demo shop, reset, in both topologies: shop tables in the ledger
-    database (one local transaction at commit) or in another database (two-phase commit)."""
-    from gateway.auth.service import create_key
-    from gateway.db import make_engine
-    from tests.gateway.helpers import Api
-
-    url = ledger_url if topology == "local" else tool_url
-    settings = make_settings(pg_home, ledger_url, None if topology == "local" else tool_url)
-    reset_shop(url, settings)
-    client = gateway_factory(settings)  # type: ignore[operator]
-    engine = make_engine(ledger_url, pool_size=1)
-    _, key = create_key(engine, tenant, "app")
-    _, admin = create_key(engine, tenant, "admin")
-    engine.dispose()
-    return ShopFixture(api=Api(client, key), admin=Api(client, admin), url=url,
-                       settings=settings, runtime=client.app.state.runtime)
+    """The demo shop behind a gateway, in both topologies (see ``open_shop``)."""
+    return open_shop(topology, pg_home, ledger_url, tool_url, gateway_factory, tenant)
 
 
 @dataclass

@@ -31,18 +31,17 @@ observed and its dependencies' results are in.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent_worker import protocol
+from agent_worker import placeholders, protocol
 from agent_worker.clock import Clock
 from agent_worker.model import Context, LatencyProfile
+from agent_worker.placeholders import renumber
 from agent_worker.protocol import ToolCall
 
-_PLACEHOLDER = re.compile(r"^\$(?P<call>[0-9]+)(?P<path>(?:\.[^.]+)*)$")
 PIECE_CHARS = 16  # emitted in pieces of 4 tokens
 
 
@@ -101,44 +100,17 @@ def mentions(text: str, value: str) -> bool:
 
 def substitute(value: Any, swaps: dict[str, str]) -> Any:
     """``value`` with every string equal to a key of ``swaps`` replaced by its value."""
-    if isinstance(value, str):
-        return swaps.get(value, value)
-    if isinstance(value, dict):
-        return {k: substitute(v, swaps) for k, v in value.items()}
-    if isinstance(value, list):
-        return [substitute(v, swaps) for v in value]
-    return value
+    return placeholders.map_strings(value, lambda string: swaps.get(string, string))
 
 
 def literals(value: Any) -> Iterator[str]:
     """The literal values of arguments a model must know: strings (placeholders aside) and
     numbers, in order."""
-    if isinstance(value, bool) or value is None:
-        return
-    if isinstance(value, str):
-        if not (_PLACEHOLDER.match(value) and not value.startswith("$$")):
-            yield value
-    elif isinstance(value, int | float):
-        yield str(value)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from literals(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from literals(item)
-
-
-def _renumber(value: Any, ids: dict[int, int]) -> Any:
-    if isinstance(value, str):
-        match = _PLACEHOLDER.match(value) if not value.startswith("$$") else None
-        if match and int(match["call"]) in ids:
-            return f"${ids[int(match['call'])]}{match['path']}"
-        return value
-    if isinstance(value, dict):
-        return {k: _renumber(v, ids) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_renumber(v, ids) for v in value]
-    return value
+    for leaf in placeholders.leaves(value):
+        if isinstance(leaf, str) and placeholders.parse(leaf) is None:
+            yield leaf
+        elif isinstance(leaf, int | float) and not isinstance(leaf, bool):
+            yield str(leaf)
 
 
 @dataclass
@@ -202,11 +174,9 @@ class OracleBackend:
     async def stream(self, context: Context) -> AsyncGenerator[str, None]:
         text = self.decide(context)
         await self.clock.sleep(self.profile.ttft_s)
-        per_char = (0.0 if self.profile.tokens_per_s == float("inf")
-                    else 1.0 / (4 * self.profile.tokens_per_s))
         for start in range(0, len(text), PIECE_CHARS):
             piece = text[start:start + PIECE_CHARS]
-            await self.clock.sleep(len(piece) * per_char)
+            await self.clock.sleep(len(piece) * self.profile.seconds_per_char)
             yield piece
 
     def decide(self, context: Context) -> str:
@@ -220,14 +190,14 @@ class OracleBackend:
         if misplaced and not seen.final:
             return "".join(f"<remove>{i}</remove>" for i in misplaced)
         calls = [ToolCall(matched[gold.id], gold.name,
-                          _renumber(substitute(gold.arguments, belief), matched),
+                          renumber(substitute(gold.arguments, belief), matched),
                           tuple(matched[d] for d in gold.depends_on if d in matched))
                  for gold in self.task.calls if gold.id in stale]  # amends: same ids
         ids, next_id = dict(matched), seen.highest + 1
         for gold in self._ready(seen, matched, belief):
             ids[gold.id] = next_id
             calls.append(ToolCall(next_id, gold.name,
-                                  _renumber(substitute(gold.arguments, belief), ids),
+                                  renumber(substitute(gold.arguments, belief), ids),
                                   tuple(ids[d] for d in gold.depends_on)))
             next_id += 1
         if calls:
@@ -247,9 +217,9 @@ class OracleBackend:
             for gold in self.task.calls:
                 if gold.id in matched or gold.name != call.name:
                     continue
-                believed = _renumber(substitute(gold.arguments, belief), matched)
-                wrong = _renumber(substitute(gold.arguments, misheard), matched)
-                if call.arguments in (believed, _renumber(gold.arguments, matched), wrong):
+                believed = renumber(substitute(gold.arguments, belief), matched)
+                wrong = renumber(substitute(gold.arguments, misheard), matched)
+                if call.arguments in (believed, renumber(gold.arguments, matched), wrong):
                     matched[gold.id] = model_id
                     if call.arguments != believed:
                         stale.add(gold.id)

@@ -56,20 +56,14 @@ class Ideal:
     late: frozenset[str]  # values only a result shows, taken at the last word (see ``ideal``)
 
 
-def seconds_per_char(profile: LatencyProfile) -> float:
-    """The oracle's writing speed: a token is 4 characters."""
-    return 0.0 if profile.tokens_per_s == float("inf") else 1.0 / (4 * profile.tokens_per_s)
-
-
 def text_seconds(call: protocol.ToolCall, profile: LatencyProfile) -> float:
     """How long the oracle takes to write ``call`` after its first token."""
-    return len(protocol.render_tool_call(call)) * seconds_per_char(profile)
+    return len(protocol.render_tool_call(call)) * profile.seconds_per_char
 
 
 def answer_seconds(answer: str, profile: LatencyProfile) -> float:
     """From the model's last input to the start of its answer (the first piece out)."""
-    first = f"<answer>{answer}</answer>"[:PIECE_CHARS]
-    return profile.ttft_s + len(first) * seconds_per_char(profile)
+    return profile.seconds(f"<answer>{answer}</answer>"[:PIECE_CHARS])
 
 
 @dataclass

@@ -31,6 +31,7 @@ from typing import Any
 
 from agent_worker.backends.oracle import Correction, literals, mention_at, mentions
 from agent_worker.bench.tau2_stream import GoldStep, gold_values
+from agent_worker.placeholders import strings
 
 AFTER_WORDS = 4
 PHRASE = "sorry, I meant"
@@ -70,18 +71,10 @@ def _candidates(domain: str, text: str, steps: Sequence[GoldStep], first: list[i
     for number in dict.fromkeys([*first, *range(1, len(steps) + 1)]):
         step = steps[number - 1]
         for name in _argument_order(domain, step.name, step.arguments):
-            for value in _strings(step.arguments[name]):
+            # strings only: a spoken number stays a number, it is not corrected
+            for value in strings(step.arguments[name]):
                 if mentions(text, value):
                     yield number, name, value
-
-
-def _strings(value: Any) -> Iterator[str]:
-    """The string values in an argument (a spoken number stays a number: not corrected)."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, list | dict):
-        for item in value.values() if isinstance(value, dict) else value:
-            yield from _strings(item)
 
 
 def _needed_reads(steps: Sequence[GoldStep], writes: list[int]) -> list[int]:

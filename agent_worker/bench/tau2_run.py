@@ -23,9 +23,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import signal
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,10 +46,10 @@ from agent_worker.gateway_client import GatewayClient
 from agent_worker.model import LatencyProfile, profile
 from agent_worker.protocol import ToolCall
 from agent_worker.runtime import AgentConfig
-from agent_worker.session import run_session
+from agent_worker.session import Source, latency_range, run_session
 from agent_worker.trace import Trace
+from gateway.localserver import exit_on_sigterm
 
-MODES = ("baseline", "speculative")
 SESSION_WALL_LIMIT_S = 300.0  # a session that hangs (a bug) fails its task, not the run
 
 
@@ -69,18 +68,6 @@ class Options:
     @property
     def latency_profile(self) -> LatencyProfile:
         return profile(self.profile)
-
-
-def parse_tool_latency(spec: str) -> tuple[float, float]:
-    """``"0.5-1"`` (uniform), ``"0.7"`` (fixed), ``"0"`` (none) → (low, high) seconds."""
-    low, _, high = spec.partition("-")
-    try:
-        a, b = float(low), float(high or low)
-    except ValueError:
-        raise ValueError(f"--tool-latency {spec!r}: write seconds, e.g. 0.7 or 0.5-1") from None
-    if a < 0 or b < a:
-        raise ValueError(f"--tool-latency {spec!r}: need 0 <= low <= high")
-    return a, b
 
 
 def stable_latency(low: float, high: float, seed: int, salt: str) -> ToolLatency:
@@ -151,7 +138,7 @@ def options_from(domain: str, corrections: bool, profile_name: str, tasks: int |
     profile(profile_name)
     return Options(domain=domain, corrections=corrections, profile=profile_name,
                    tasks=checked.tasks, task_ids=checked.task_ids,
-                   tool_latency=parse_tool_latency(tool_latency), seed=seed,
+                   tool_latency=latency_range(tool_latency), seed=seed,
                    out=Path(out) if out else None, home=Path(home))
 
 
@@ -163,18 +150,15 @@ class Harness:
                  effects: dict[str, str], domain: str) -> None:
         self.prepared, self.gateway_url = prepared, gateway_url
         self.machine, self.effects, self.domain = machine, effects, domain
-        self.references: list[Any] = []
-        self._ahead: Generator[Any, None, None] | None = None
+        self._ahead: Any = None  # gateway.conformance.reference.ReplaysAhead, once needed
 
     def reference(self, index: int) -> Any:
         """τ²'s replay of task ``index`` (of the prepared tasks)."""
-        from gateway.conformance.run import references_ahead
+        from gateway.conformance.reference import ReplaysAhead
 
         if self._ahead is None:
-            self._ahead = references_ahead(self.domain, self.prepared.tasks)
-        while len(self.references) <= index:
-            self.references.append(next(self._ahead))
-        return self.references[index]
+            self._ahead = ReplaysAhead(self.domain, self.prepared.tasks)
+        return self._ahead[index]
 
     def close(self) -> None:
         if self._ahead is not None:
@@ -182,11 +166,8 @@ class Harness:
 
     def stream_task(self, index: int, corrections: bool) -> tuple[StreamTask, Any]:
         task, ref = self.prepared.tasks[index], self.reference(index)
-        steps = [GoldStep(s.name, s.arguments, s.ok, s.output,
-                          self.effects.get(f"{self.domain}.{s.name}", "safe"))
-                 for s in ref.steps]
-        return build(self.domain, str(task.id), task.user_scenario.instructions, steps,
-                     corrections), ref
+        return build(self.domain, str(task.id), task.user_scenario.instructions,
+                     gold_steps(ref, self.effects), corrections), ref
 
     def run(self, options: Options, console: Console | None = None) -> dict[str, Any]:
         """One variant over every prepared task; returns the report (written with ``out``)."""
@@ -223,7 +204,7 @@ class Harness:
         bound = plan(stream, latency, options.latency_profile)
         oracle = stream.oracle(bound.used, bound.late)
         results = {mode: await self._session(http, stream, oracle, mode, latency, ref.db_hash,
-                                             options) for mode in MODES}
+                                             options) for mode in report_module.MODES}
         correction = None
         if stream.correction is not None:
             correction = {"wrong": stream.correction.wrong, "right": stream.correction.right,
@@ -269,7 +250,7 @@ class Harness:
         return result
 
 
-def _source(stream: StreamTask) -> Any:
+def _source(stream: StreamTask) -> Source:
     return lambda clock: inputs.timed_chunks(clock, stream.chunks)
 
 
@@ -294,6 +275,19 @@ async def _count_calls(gateway: GatewayClient, trace: Trace, stream: StreamTask,
         result.wrong_committed = sum(c["status"] == "committed" for c in wrong)
 
 
+def tool_effects(domain: str) -> dict[str, str]:
+    """The gateway's effect class of each tool of the domain's adapter, by bare tool name."""
+    from gateway.tools.registry import load_adapter
+
+    return {t.name: str(t.effect) for t in load_adapter(domain).tools}
+
+
+def gold_steps(ref: Any, effects: dict[str, str]) -> list[GoldStep]:
+    """τ²'s replay of a task's gold actions (a ``ReferenceRun``) as the builder takes them."""
+    return [GoldStep(s.name, s.arguments, s.ok, s.output, effects.get(s.name, "safe"))
+            for s in ref.steps]
+
+
 def plan(stream: StreamTask, latency: ToolLatency, model: LatencyProfile) -> ideal.Ideal:
     """The ideal bound of the task (``agent_worker.bench.ideal``), with the producers each
     call waits for (its dependencies)."""
@@ -315,8 +309,6 @@ def harness(settings: Any, options: Options, console: Console | None = None
     """Prepare the domain (migrate, seed snapshot, key, tasks) and start the gateway."""
     from gateway.bench.harness import machine_info
     from gateway.conformance import run as conformance
-    from gateway.localserver import LocalGateway, settings_env
-    from gateway.tools.registry import load_adapter
 
     console = console or Console()
     settings = conformance.conformance_settings(settings, options.domain, options.home)
@@ -324,13 +316,10 @@ def harness(settings: Any, options: Options, console: Console | None = None
         prepared = conformance.prepare(settings, conformance.Options(
             domain=options.domain, tasks=options.tasks, task_ids=options.task_ids,
             home=options.home))
-    effects = {f"{options.domain}.{t.name}": str(t.effect)
-               for t in load_adapter(options.domain).tools}
+    effects = tool_effects(options.domain)
     try:
-        env = {**settings_env(settings, prepared.url),
-               "SPECGATE_HOME": str(settings.home.resolve())}
-        log = settings.home.resolve() / "bench-tau2-gateway.log"
-        with LocalGateway(env=env, log_path=log, worker=False) as gateway:
+        with conformance.gateway_server(settings, prepared.url,
+                                        "bench-tau2-gateway.log") as gateway:
             bench = Harness(prepared, gateway.url, machine_info(prepared.url), effects,
                             options.domain)
             try:
@@ -352,11 +341,6 @@ def main(options: Options, console: Console | None = None) -> int:
     the baseline (or a run failed)."""
     from gateway.config import get_settings
 
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    exit_on_sigterm()
     summary = run(get_settings(), options, console)["summary"]
     return 0 if summary["speculative_accurate"] >= summary["baseline_accurate"] else 1
-
-
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    """SIGTERM unwinds like Ctrl-C, so the gateway child is stopped, not orphaned."""
-    raise SystemExit(128 + signum)

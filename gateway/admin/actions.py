@@ -25,11 +25,12 @@ from sqlalchemy import select
 
 from gateway.admin.schemas import TtlView
 from gateway.auth.service import Principal
+from gateway.calls import state
 from gateway.calls.state import CallState
 from gateway.errors import Conflict, NotFound
 from gateway.ledger import models
 from gateway.ledger import service as ledger
-from gateway.ledger.service import COMPENSATE, Move, StaleTransition, Subject
+from gateway.ledger.service import COMPENSATE, Move, StaleTransition
 from gateway.ledger.states import CallStatus, TurnStatus
 from gateway.runtime import Runtime
 from gateway.sessions import service as sessions_service
@@ -45,11 +46,7 @@ def _by(key: Principal, action: str, **more: Any) -> dict[str, Any]:
 
 def load_call(rt: Runtime, tenants: list[str], call_id: str) -> CallState:
     with rt.dbs.ledger.connect() as conn:
-        row = conn.execute(select(CALLS).where(CALLS.c.id == call_id,
-                                               CALLS.c.tenant.in_(tenants))).first()
-    if row is None:
-        raise NotFound(f"call {call_id!r} not found")
-    return CallState.from_row(row)
+        return state.load_call(conn, call_id, tenants)
 
 
 def retry_compensation(rt: Runtime, key: Principal, call: CallState) -> CallState:
@@ -132,7 +129,7 @@ def extend_call(rt: Runtime, key: Principal, call: CallState, seconds: int) -> T
         raise Conflict(f"call {call.id!r} is {call.status}: only a staged call or one awaiting "
                        "its own approval has a TTL to extend", code="no_ttl")
     with sessions_service.scope_of(rt, call.tenant, call.session_id, call.turn_id) as scope:
-        current = next((c for c in scope.calls if c.id == call.id), call)
+        current = scope.by_id(call.id)
         if scope.turn.status != T.OPEN or current.status != S.STAGED:
             raise Conflict(f"call {call.id!r} is no longer staged in an open turn",
                            code="call_not_live")
@@ -145,8 +142,7 @@ def extend_call(rt: Runtime, key: Principal, call: CallState, seconds: int) -> T
 def _extend_call(rt: Runtime, key: Principal, call: CallState, column: str,
                  current: datetime | None, seconds: int, ttl_s: float) -> TtlView:
     new = _later(current, seconds, ttl_s, f"call {call.id!r}")
-    subject = Subject(call.tenant, call.session_id, call.turn_id, call.id)
-    move = Move(subject, call.status, call.status,
+    move = Move(call.subject, call.status, call.status,
                 _by(key, "extend_ttl", column=column, expires_at=new.isoformat()))
     try:
         with rt.dbs.ledger.begin() as conn:

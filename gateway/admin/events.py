@@ -19,17 +19,14 @@ from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from gateway.admin.models import TranscriptChunk
 from gateway.admin.redact import redact
 from gateway.errors import BadRequest
+from gateway.events.service import BATCH, EVENTS, events_after
 from gateway.ledger import models
 from gateway.runtime import Runtime
 
 POLL_S = 0.25
-BATCH = 500
-EVENTS = models.table_of(models.CallEvent)
-CALLS = models.table_of(models.Call)
-CHUNKS = models.table_of(TranscriptChunk)
+CHUNKS = models.table_of(models.TranscriptChunk)
 
 
 @dataclass
@@ -59,14 +56,10 @@ def present(rt: Runtime) -> Cursor:
 
 def fetch(rt: Runtime, tenants: list[str], session: str | None,
           cursor: Cursor) -> list[dict[str, Any]]:
-    events = (select(EVENTS, CALLS.c.client_call_id, CALLS.c.tool)
-              .outerjoin(CALLS, CALLS.c.id == EVENTS.c.call_id)
-              .where(EVENTS.c.tenant.in_(tenants), EVENTS.c.id > cursor.event)
-              .order_by(EVENTS.c.id).limit(BATCH))
+    events = events_after(cursor.event, session_id=session, tenants=tenants)
     chunks = (select(CHUNKS).where(CHUNKS.c.tenant.in_(tenants), CHUNKS.c.id > cursor.chunk)
               .order_by(CHUNKS.c.id).limit(BATCH))
     if session is not None:
-        events = events.where(EVENTS.c.session_id == session)
         chunks = chunks.where(CHUNKS.c.session_id == session)
     with rt.dbs.ledger.connect() as conn:
         found = [{"kind": r.entity, "event_id": r.id, "session_id": r.session_id,

@@ -14,15 +14,18 @@ from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 
 from gateway.ledger.service import now
+from gateway.ledger.states import LIVE_CALL_STATUSES, CallStatus
 from gateway.runtime import Runtime
 from gateway.turns.holder import prepared_gids, turn_of_gid
 
 WORKER_STALE_S = 15.0
 _RECENT = "heartbeat_at > now() - interval '10 minutes' ORDER BY heartbeat_at DESC LIMIT 8"
 SPECULATION_WINDOW_S = 24 * 3600
-_KEPT = "('committed', 'awaiting_approval', 'approved', 'denied', 'dispatched')"
-_DROPPED = ("('cancelled', 'conflict', 'expired', 'aborted', 'compensating', 'compensated', "
-            "'compensation_failed')")
+S = CallStatus
+# A speculative call is kept when its turn committed it, dropped when the turn let it go.
+KEPT = frozenset({S.COMMITTED, S.AWAITING_APPROVAL, S.APPROVED, S.DENIED, S.DISPATCHED})
+DROPPED = frozenset({S.CANCELLED, S.CONFLICT, S.EXPIRED, S.ABORTED, S.COMPENSATING,
+                     S.COMPENSATED, S.COMPENSATION_FAILED})
 
 
 def prepared(rt: Runtime) -> list[dict[str, Any]]:
@@ -114,17 +117,17 @@ def speculation(conn: Connection, tenants: list[str],
     tool time spent on dropped calls (the waste)."""
     rows = list(conn.execute(text(
         "SELECT tool, count(*) AS decided, "
-        f"count(*) FILTER (WHERE status IN {_KEPT} OR (status IN ('succeeded', 'failed') "
+        "count(*) FILTER (WHERE status = ANY(:kept) OR (status IN ('succeeded', 'failed') "
         "AND decided_at IS NOT NULL)) AS kept, "
-        f"count(*) FILTER (WHERE status IN {_DROPPED}) AS dropped, "
-        "coalesce(sum(extract(epoch FROM finished_at - started_at)) FILTER (WHERE status IN "
-        f"{_DROPPED}), 0) AS wasted_s "
+        "count(*) FILTER (WHERE status = ANY(:dropped)) AS dropped, "
+        "coalesce(sum(extract(epoch FROM finished_at - started_at)) FILTER (WHERE status = "
+        "ANY(:dropped)), 0) AS wasted_s "
         "FROM calls WHERE tenant = ANY(:tenants) "
         "AND created_at > now() - make_interval(secs => :window) "
-        "AND status NOT IN ('proposed', 'running', 'held', 'staged') "
-        "AND NOT (status = 'succeeded' AND decided_at IS NULL) "
+        "AND NOT (status = ANY(:live) AND decided_at IS NULL) "
         "GROUP BY tool ORDER BY count(*) DESC, tool"),
-        {"tenants": tenants, "window": window_s}))
+        {"tenants": tenants, "window": window_s, "kept": sorted(KEPT),
+         "dropped": sorted(DROPPED), "live": sorted(LIVE_CALL_STATUSES)}))
     tools = [{"tool": r.tool, "decided": r.decided, "kept": r.kept, "dropped": r.dropped,
               "failed": r.decided - r.kept - r.dropped,
               "hit_rate": r.kept / r.decided if r.decided else None,

@@ -21,7 +21,6 @@ from typing import Any
 import orjson
 from fastapi import APIRouter
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from gateway.admin import health, queue, timeline
@@ -149,6 +148,5 @@ def session_fragment(session_id: str, rt: RuntimeDep, tenants: Tenants) -> HTMLR
 
 
 @router.get("/admin/fragments/health")
-async def health_fragment(rt: RuntimeDep, tenants: Tenants) -> HTMLResponse:
-    data = await run_in_threadpool(health.health, rt, tenants)
-    return render("_health.html", h=data)
+def health_fragment(rt: RuntimeDep, tenants: Tenants) -> HTMLResponse:
+    return render("_health.html", h=health.health(rt, tenants))

@@ -15,12 +15,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, and_, func, or_, select, true
 
-from gateway.admin.health import prepared
+from gateway.admin import health
 from gateway.admin.redact import redact
 from gateway.admin.schemas import Holder, QueueItem, QueuePage, Ttl
 from gateway.errors import BadRequest
 from gateway.ledger import models
-from gateway.ledger.states import CallStatus, TurnStatus
+from gateway.ledger.states import LIVE_CALL_STATUSES, CallStatus, TurnStatus
 from gateway.paging import decode_cursor, encode_cursor
 from gateway.runtime import Runtime
 
@@ -37,7 +37,6 @@ PENDING_STATUSES = (S.PROPOSED, S.RUNNING, S.HELD, S.STAGED, S.AWAITING_APPROVAL
 QUEUE_STATUSES = (*PENDING_STATUSES, S.SUCCEEDED, S.COMMITTED)
 EFFECTS = ("safe", "reversible", "sensitive")
 PENDING, ANY = "pending", "any"
-_LIVE = {S.PROPOSED, S.RUNNING, S.HELD, S.SUCCEEDED, S.STAGED}
 
 
 @dataclass(frozen=True)
@@ -124,26 +123,25 @@ def counts(conn: Connection, f: QueueFilter, tenants: list[str]) -> dict[str, in
     return {status: found[status] for status in QUEUE_STATUSES if status in found}
 
 
-def page(conn: Connection, f: QueueFilter, tenants: list[str],
-         prepared: dict[str, datetime] | None = None) -> QueuePage:
+def load_page(rt: Runtime, tenants: list[str], f: QueueFilter) -> QueuePage:
+    """A page of the queue, with the age of every prepared transaction it names (looked up on
+    the databases only when a row waits in one)."""
     f.validate(tenants)
-    rows = _rows(conn, f, tenants)
+    with rt.dbs.ledger.connect() as conn:
+        rows = _rows(conn, f, tenants)
+        by_status = counts(conn, f, tenants)
     more = len(rows) > f.limit
     rows = rows[:f.limit]
-    items = [item(r, prepared or {}) for r in rows]
+    stamps: dict[str, datetime] = {}
+    if any(_waits_prepared(r) for r in rows):
+        stamps = {p["gid"]: p["prepared_at"] for p in health.prepared(rt)}
     cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
-    return QueuePage(items=items, next_cursor=cursor, counts=counts(conn, f, tenants))
-
-
-def load_page(rt: Runtime, tenants: list[str], f: QueueFilter) -> QueuePage:
-    """A page of the queue, with the age of every prepared transaction it names."""
-    stamps = {p["gid"]: p["prepared_at"] for p in prepared(rt)}
-    with rt.dbs.ledger.connect() as conn:
-        return page(conn, f, tenants, stamps)
+    return QueuePage(items=[item(r, stamps) for r in rows], next_cursor=cursor,
+                     counts=by_status)
 
 
 def item(row: Any, prepared: dict[str, datetime]) -> QueueItem:
-    live = row.status in _LIVE and row.turn_status == TurnStatus.OPEN
+    live = row.status in LIVE_CALL_STATUSES and row.turn_status == TurnStatus.OPEN
     arguments = row.resolved_arguments if row.resolved_arguments is not None else row.arguments
     return QueueItem(
         id=row.id, tenant=row.tenant, session_id=row.session_id, turn_id=row.turn_id,
@@ -167,6 +165,16 @@ def _ttl(row: Any, live: bool) -> Ttl | None:
     return Ttl(kind="turn", expires_at=row.turn_expires_at)
 
 
+def _gids(row: Any) -> list[str]:
+    return [g for g in (row.marker_gid or "").split(",") if g]
+
+
+def _waits_prepared(row: Any) -> bool:
+    """A ``db`` call whose turn transaction is PREPAREd until the approvals are decided."""
+    return bool(_gids(row)) and row.runner == "db" and row.decision == "approval" and \
+        row.status in (S.AWAITING_APPROVAL, S.APPROVED)
+
+
 def holder(row: Any, live: bool, prepared: dict[str, datetime]) -> Holder:
     """What keeps this call pending: the turn's transaction, a prepared transaction, the
     tool worker (a task is the call id) with its outbox row, or an operator."""
@@ -180,9 +188,8 @@ def holder(row: Any, live: bool, prepared: dict[str, datetime]) -> Holder:
                               "kind": row.outbox_kind, "attempts": row.outbox_attempts,
                               "sends": row.outbox_sends, "next_send_at": row.outbox_next_at,
                               "last_error": row.outbox_error})
-    gids = [g for g in (row.marker_gid or "").split(",") if g]
-    if gids and row.runner == "db" and row.decision == "approval" and row.status in (
-            S.AWAITING_APPROVAL, S.APPROVED):
+    if _waits_prepared(row):
+        gids = _gids(row)
         return Holder(kind="prepared", label="Prepared transaction",
                       detail={"gids": gids, "prepared_at": {g: prepared[g] for g in gids
                                                             if g in prepared}})

@@ -139,16 +139,21 @@ def capture(base_url: str, admin_key: str, out: Path, session: str) -> list[Path
     return written
 
 
-def settle(client: httpx.Client) -> None:
-    """Deny what waits for an approval and cancel open turns, so nothing stays held."""
-    items = client.get("/v1/admin/queue", params={"limit": 200}).json()["items"]
-    for item in items:
+def settle(client: httpx.Client, reason: str, headers: dict[str, str] | None = None) -> None:
+    """Deny what waits for an approval and cancel open turns, so nothing stays held (the
+    client, or ``headers``, carry an admin key)."""
+
+    def queue() -> list[dict[str, Any]]:
+        page = client.get("/v1/admin/queue", params={"limit": 200}, headers=headers)
+        return list(page.json()["items"])
+
+    for item in queue():
         if "deny" in item["actions"]:
-            client.post(f"/v1/calls/{item['id']}/deny", json={"reason": "screenshots done"})
-    for item in client.get("/v1/admin/queue", params={"limit": 200}).json()["items"]:
+            client.post(f"/v1/calls/{item['id']}/deny", json={"reason": reason}, headers=headers)
+    for item in queue():  # read again: a denial settles the other calls of its turn
         if "cancel_turn" in item["actions"]:
             client.post(f"/v1/sessions/{item['session_id']}/turns/{item['turn_id']}/cancel",
-                        json={"reason": "screenshots done"})
+                        json={"reason": reason}, headers=headers)
 
 
 def run(settings: Settings, out: Path, pace_s: float = 0.6) -> list[Path]:
@@ -175,7 +180,7 @@ def run(settings: Settings, out: Path, pace_s: float = 0.6) -> list[Path]:
                     sessions = play(app, pace_s)
                     return capture(gateway.url, keys[1][1], out, sessions["session"])
                 finally:
-                    settle(admin)
+                    settle(admin, "screenshots done")
     finally:
         worker.stop()
         for key_id, _ in keys:

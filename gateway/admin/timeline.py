@@ -2,7 +2,7 @@
 about it (every call's transitions: issued, held, amended, cancelled, committed, …).
 
 ``session_timeline`` reads the ledger; ``layout`` turns it into the geometry of the SVG that
-the dashboard draws server-side (``templates/_timeline.html``), so the page needs no charting
+the dashboard draws server-side (``templates/_session.html``), so the page needs no charting
 code and a screen reader gets the same facts from the event table beside it.
 """
 
@@ -14,17 +14,18 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from gateway.admin.models import TranscriptChunk
+from gateway.admin.health import DROPPED
 from gateway.admin.redact import redact
 from gateway.errors import NotFound
 from gateway.ledger import models
 from gateway.ledger.service import now
+from gateway.ledger.states import LIVE_CALL_STATUSES
 
 CALLS = models.table_of(models.Call)
 TURNS = models.table_of(models.Turn)
 EVENTS = models.table_of(models.CallEvent)
 SESSIONS = models.table_of(models.Session)
-CHUNKS = models.table_of(TranscriptChunk)
+CHUNKS = models.table_of(models.TranscriptChunk)
 MAX_EVENTS = 2000
 
 # The words the timeline uses for a transition (the target status, or what it means).
@@ -88,8 +89,6 @@ def session_timeline(conn: Connection, tenants: list[str], session_id: str) -> d
 
 WIDTH, GUTTER, RIGHT, PAD = 1000.0, 200.0, 120.0, 16.0
 SPEECH_TOP, SPEECH_H, LANE_H, TURN_HEAD, TURN_GAP = 34.0, 40.0, 26.0, 20.0, 12.0
-_DROPPED = {"cancelled", "conflict", "expired", "aborted", "compensating", "compensated",
-            "compensation_failed"}
 _STEPS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200)
 
 
@@ -145,7 +144,7 @@ def layout(data: dict[str, Any], at: datetime | None = None) -> Layout:
                            "offset": _fmt(round((chunk["at"] - start).total_seconds(), 1))})
     _lanes(data, out, x, at or now())
     kept = sum(1 for lane in out.lanes if any(m["to"] == "committed" for m in lane["marks"]))
-    dropped = sum(1 for lane in out.lanes if lane["status"] in _DROPPED)
+    dropped = sum(1 for lane in out.lanes if lane["status"] in DROPPED)
     out.summary = (f"{len(out.lanes)} calls over {_fmt(round(duration, 1))}: {kept} kept, "
                    f"{dropped} dropped; {len(chunks)} transcript chunks")
     return out
@@ -166,8 +165,7 @@ def _lanes(data: dict[str, Any], out: Layout, x: Any, at: datetime) -> None:
             marks = events_of.get(call["id"], [])
             first = marks[0]["at"] if marks else call["created_at"]
             last = marks[-1]["at"] if marks else first
-            if turn["status"] == "open" and call["status"] in (
-                    "proposed", "running", "held", "succeeded", "staged"):
+            if turn["status"] == "open" and call["status"] in LIVE_CALL_STATUSES:
                 last = at
             lane_y = y + LANE_H / 2
             row_of[call["id"]] = lane_y

@@ -11,14 +11,13 @@ from datetime import UTC
 
 from sqlalchemy import Connection, insert, select
 
-from gateway.admin.models import TranscriptChunk
 from gateway.admin.schemas import NewTranscriptChunk, TranscriptChunkView
 from gateway.errors import NotFound
 from gateway.ledger import models
 from gateway.ledger.service import now
 from gateway.runtime import Runtime
 
-CHUNKS = models.table_of(TranscriptChunk)
+CHUNKS = models.table_of(models.TranscriptChunk)
 TURNS = models.table_of(models.Turn)
 SESSIONS = models.table_of(models.Session)
 

@@ -10,7 +10,6 @@ the report says so and records the CPU used per call by the client, the gateway 
 
 from __future__ import annotations
 
-import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -42,7 +41,7 @@ from gateway.bench.scenarios import (
 )
 from gateway.bench.stats import Summary, summarize
 from gateway.config import Settings
-from gateway.localserver import LocalGateway, LocalWorker
+from gateway.localserver import LocalGateway, LocalWorker, exit_on_sigterm
 
 SCENARIOS = ("direct", "http_floor", "safe", "reversible", "commit", "plain_celery", "task")
 TASK_SCENARIOS = frozenset({"plain_celery", "task"})
@@ -225,10 +224,5 @@ def main(sessions: str, calls: int | None, out: str | None, home: str,
         raise typer.BadParameter(f"must be at least 1, got {calls}", param_hint="--calls")
     options = Options(sessions=chosen, calls=calls, out=Path(out) if out else None,
                       home=Path(home))
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    exit_on_sigterm()
     return run_benchmark(get_settings(), options, console)
-
-
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    """SIGTERM unwinds like Ctrl-C, so the gateway and worker are stopped, not orphaned."""
-    raise SystemExit(128 + signum)

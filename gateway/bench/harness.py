@@ -27,6 +27,7 @@ ADAPTER = "demo"
 SKU = "filter"
 BENCH_STOCK = 1_000_000
 
+
 def bench_settings(settings: Settings, home: Path) -> Settings:
     """The configured database when there is one, else the embedded one under ``home`` (not
     the user's default home, so benchmark rows never mix with a demo's)."""
@@ -76,14 +77,14 @@ _COPY_PRODUCT = text(
 )
 
 
-def create_app_key(url: str) -> str:
-    """A fresh app key of the bench tenant (secrets are shown once, so one per run)."""
+def create_app_key(url: str, tenant: str = TENANT, name: str = "specgate bench gateway") -> str:
+    """A fresh app key of ``tenant`` (secrets are shown once, so one per run)."""
     from gateway.auth.service import create_key
     from gateway.db import make_engine
 
     engine = make_engine(url, pool_size=1)
     try:
-        return create_key(engine, TENANT, "app", "specgate bench gateway")[1]
+        return create_key(engine, tenant, "app", name)[1]
     finally:
         engine.dispose()
 
@@ -94,7 +95,6 @@ def child_env(settings: Settings, url: str, held: int, concurrency: int) -> dict
     scenario measures a queue in front of the worker instead of the call."""
     return {
         **settings_env(settings, url),
-        "SPECGATE_HOME": str(settings.home.resolve()),
         "SPECGATE_MAX_HELD_TRANSACTIONS": str(held),
         "SPECGATE_WORKER_CONCURRENCY": str(concurrency),
     }

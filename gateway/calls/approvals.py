@@ -28,9 +28,9 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, text
 
-from gateway.calls.state import CallState
+from gateway.calls.state import CallState, load_call
 from gateway.config import Settings
-from gateway.errors import Conflict, Forbidden, NotFound
+from gateway.errors import Conflict, Forbidden
 from gateway.ledger.service import (
     ABORT,
     APPROVAL,
@@ -79,11 +79,7 @@ def issue_token(settings: Settings, call: CallState) -> str:
 
 def _load(rt: Runtime, tenant: str, call_id: str) -> CallState:
     with rt.dbs.ledger.connect() as conn:
-        row = conn.execute(text("SELECT * FROM calls WHERE id = :c AND tenant = :t"),
-                           {"c": call_id, "t": tenant}).first()
-    if row is None:
-        raise NotFound(f"call {call_id!r} not found")
-    return CallState.from_row(row)
+        return load_call(conn, call_id, [tenant])
 
 
 def _check_token(call: CallState, token: str | None) -> None:
@@ -113,18 +109,25 @@ def decide(rt: Runtime, tenant: str, call_id: str, *, approve: bool, admin: bool
     detail = {"by": "admin" if admin else "confirm_token", "reason": reason}
     if call.runner == "db":
         return _decide_held(rt, call, approve=approve, detail=detail)
+    try:
+        return _decide_task(rt, call, approve=approve, detail=detail)
+    except StaleTransition as error:
+        raise Conflict(f"call {call_id!r} was decided meanwhile", code="not_awaiting_approval"
+                       ) from error
+
+
+def _decide_task(rt: Runtime, call: CallState, *, approve: bool,
+                 detail: dict[str, Any]) -> CallState:
+    """Approve a ``task`` call (its outbox row in the same transaction) or deny it. Raises
+    ``StaleTransition`` if it was decided meanwhile."""
     target = S.APPROVED if approve else S.DENIED
     values: dict[str, Any] = {"confirm_token_hash": None, "decided_at": now()}
     if not approve:
         values["finished_at"] = now()
-    try:
-        with rt.dbs.fast() as conn, conn.transaction():
-            transition_call(conn, call.subject, call.status, target, values, detail)
-            if approve:
-                enqueue(conn, [call.id], RUN, rt.settings.relay_grace_s)
-    except StaleTransition as error:
-        raise Conflict(f"call {call_id!r} was decided meanwhile", code="not_awaiting_approval"
-                       ) from error
+    with rt.dbs.fast() as conn, conn.transaction():
+        transition_call(conn, call.subject, call.status, target, values, detail)
+        if approve:
+            enqueue(conn, [call.id], RUN, rt.settings.relay_grace_s)
     if approve:
         rt.publish([call.id])
     call.status = target
@@ -211,20 +214,14 @@ def deny_expired(rt: Runtime) -> int:
             "SELECT * FROM calls WHERE status = 'awaiting_approval' "
             "AND approval_expires_at < now() LIMIT 500"))]
     denied = 0
+    expired = {"reason": "approval expired"}
     for call in calls:
-        if call.runner == "db":
-            try:
-                _decide_held(rt, call, approve=False, detail={"reason": "approval expired"})
-                denied += 1
-            except Conflict:
-                pass  # decided meanwhile, or not its own approval (it goes with its turn)
-            continue
         try:
-            with rt.dbs.fast() as conn:
-                transition_call(conn, call.subject, S.AWAITING_APPROVAL, S.DENIED,
-                                {"confirm_token_hash": None, "decided_at": now(),
-                                 "finished_at": now()}, {"reason": "approval expired"})
+            if call.runner == "db":
+                _decide_held(rt, call, approve=False, detail=expired)
+            else:
+                _decide_task(rt, call, approve=False, detail=expired)
             denied += 1
-        except StaleTransition:
-            continue  # decided meanwhile
+        except (Conflict, StaleTransition):
+            pass  # decided meanwhile, or not its own approval (it goes with its turn)
     return denied

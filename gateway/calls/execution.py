@@ -42,8 +42,9 @@ class CallIdentity:
     turn_id: str
 
 
-def _context(identity: CallIdentity, tool: RegisteredTool, session: Session | None,
-             settings: Mapping[str, Any]) -> ToolContext:
+def tool_context(identity: CallIdentity, tool: RegisteredTool, session: Session | None,
+                 settings: Mapping[str, Any]) -> ToolContext:
+    """What a tool function gets for one call (here and in the tool worker)."""
     return ToolContext(
         call_id=identity.call_id,
         idempotency_key=identity.idempotency_key,
@@ -87,7 +88,7 @@ def run_db_tool(rt: Runtime, identity: CallIdentity, tool: RegisteredTool,
     settings = rt.settings.adapter_settings.get(adapter, {})
 
     def body(session: Session) -> Any:
-        ctx = _context(identity, tool, session, settings)
+        ctx = tool_context(identity, tool, session, settings)
         if hook == "preflight":
             return tool.spec.run_preflight(ctx, arguments)
         return tool.spec.invoke(ctx, arguments)

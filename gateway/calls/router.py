@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -12,7 +11,6 @@ from starlette.responses import Response
 from gateway.auth.service import Principal, Role
 from gateway.calls import approvals, service
 from gateway.calls.schemas import ApprovalDecision, CallPage, CallView, CancelCall
-from gateway.calls.settled import FALLBACK_POLL_S
 from gateway.calls.state import CallState, load_calls
 from gateway.deps import CurrentKey, Idempotent, IdempotentDep, RuntimeDep
 from gateway.errors import BadRequest, Conflict, NotFound
@@ -24,7 +22,6 @@ from gateway.sessions import service as sessions_service
 
 router = APIRouter(prefix="/v1/calls", tags=["calls"])
 CALLS = models.table_of(models.Call)
-UNSETTLED = {CallStatus.PROPOSED, CallStatus.RUNNING}
 
 
 def _load(rt: Runtime, tenant: str, call_id: str) -> tuple[CallState, dict[str, str]]:
@@ -41,15 +38,9 @@ def _load(rt: Runtime, tenant: str, call_id: str) -> tuple[CallState, dict[str, 
 @router.get("/{call_id}", response_model=CallView)
 def get_call(call_id: str, rt: RuntimeDep, key: CurrentKey,
              wait: Annotated[float, Query(ge=0, le=300)] = 0) -> CallView:
-    deadline = time.monotonic() + min(wait, rt.settings.wait_max_s)
-    if wait <= 0:
-        return sessions_service.call_view(*_load(rt, key.tenant, call_id))
-    with rt.settle_listener().watching([call_id]) as announced:
-        call, ids = _load(rt, key.tenant, call_id)
-        while call.status in UNSETTLED and (left := deadline - time.monotonic()) > 0:
-            announced.wait(min(left, FALLBACK_POLL_S))
-            announced.clear()
-            call, ids = _load(rt, key.tenant, call_id)
+    call, ids = _load(rt, key.tenant, call_id)
+    if wait > 0 and call.status in service.WORKER_OWNED:
+        service.wait_settled(rt, [call], min(wait, rt.settings.wait_max_s))
     return sessions_service.call_view(call, ids)
 
 

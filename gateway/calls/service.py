@@ -118,8 +118,7 @@ def issue_call(rt: Runtime, scope: TurnScope, request: IssueCall,
         hold_for(rt, scope.turn.id, tool.adapter.name)  # may refuse (429/503): before any write
     if superseded is not None:
         cancel_calls(rt, scope, [superseded], reason="superseded")
-    call = _new_call(scope, tool, request, deps, superseded)
-    call.requires_approval = approval
+    call = _new_call(scope, tool, request, deps, superseded, approval)
     token = None
     if runs_now and tool.spec.runner == Runner.TASK:
         assert resolved is not None
@@ -130,19 +129,19 @@ def issue_call(rt: Runtime, scope: TurnScope, request: IssueCall,
     else:
         if approval:
             token = issue_token(rt.settings, call)
-        _record(rt, scope, call, [Move(call.subject, None, S.PROPOSED, {"tool": tool.name})])
-        _stage(rt, call, tool, resolved)
+        _stage(rt, scope, call, tool, resolved)
     return call, token
 
 
 def _new_call(scope: TurnScope, tool: RegisteredTool, request: IssueCall,
-              deps: list[CallState], superseded: CallState | None) -> CallState:
+              deps: list[CallState], superseded: CallState | None,
+              requires_approval: bool) -> CallState:
     call_id = models.new_id("call")
     return CallState(
         id=call_id, tenant=scope.turn.tenant, session_id=scope.turn.session_id,
         turn_id=scope.turn.id, seq=scope.next_seq(), client_call_id=request.client_call_id,
         tool=tool.name, effect=str(tool.spec.effect), runner=str(tool.spec.runner),
-        requires_approval=tool.spec.requires_approval, arguments=request.arguments,
+        requires_approval=requires_approval, arguments=request.arguments,
         resolved_arguments=None, depends_on=[d.id for d in deps],
         supersedes_id=superseded.id if superseded else None, status=S.PROPOSED, result=None,
         error=None, idempotency_key=call_id, replays=0, created_at=now(),
@@ -153,7 +152,7 @@ def _record(rt: Runtime, scope: TurnScope, call: CallState, moves: list[Move],
             outbox_kind: str | None = None) -> None:
     """Write a new call row, in the status its last move reached, with all of its events (and
     an outbox row for the tool worker, in the same transaction)."""
-    row = {k: v for k, v in vars(call).items() if k not in {"decided_at", "expires_at"}}
+    row = {k: v for k, v in vars(call).items() if k != "decided_at"}
     with rt.dbs.fast() as conn:
         if outbox_kind is None:
             create_row(conn, models.Call, row, moves)
@@ -283,17 +282,24 @@ def move(rt: Runtime, call: CallState, target: str, detail: dict[str, Any] | Non
         setattr(call, key, value)
 
 
-def _stage(rt: Runtime, call: CallState, tool: RegisteredTool,
+def _stage(rt: Runtime, scope: TurnScope, call: CallState, tool: RegisteredTool,
            resolved: dict[str, Any] | None) -> None:
+    """Validate a call that waits for the commit (its preflight, once its arguments are known)
+    and write it once: ``staged``, or ``failed`` when the preflight refuses it."""
+    call.resolved_arguments = resolved
+    moves = [Move(call.subject, None, S.PROPOSED, {"tool": tool.name})]
     if resolved is not None and tool.spec.preflight is not None:
         outcome = run_db_tool(rt, identity(call), tool, resolved, keep=False, hook="preflight")
         if not outcome.ok:
-            move(rt, call, S.RUNNING, started_at=now())
-            move(rt, call, S.FAILED, {"preflight": True}, error=outcome.error,
-                 finished_at=now(), resolved_arguments=resolved)
+            call.status, call.error = S.FAILED, outcome.error
+            call.started_at = call.finished_at = now()
+            moves += [Move(call.subject, S.PROPOSED, S.RUNNING),
+                      Move(call.subject, S.RUNNING, S.FAILED, {"preflight": True})]
+            _record(rt, scope, call, moves)
             return
-    expires_at = now() + timedelta(seconds=rt.settings.staged_ttl_s)
-    move(rt, call, S.STAGED, resolved_arguments=resolved, expires_at=expires_at)
+    call.status = S.STAGED
+    call.expires_at = now() + timedelta(seconds=rt.settings.staged_ttl_s)
+    _record(rt, scope, call, [*moves, Move(call.subject, S.PROPOSED, S.STAGED)])
 
 
 def doomed_by(scope: TurnScope, roots: Iterable[CallState]) -> list[CallState]:

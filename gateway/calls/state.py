@@ -6,6 +6,7 @@ the ledger by the services as they write, so one request never reads the same ro
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
@@ -119,6 +120,25 @@ class TurnScope:
         deps = (self.by_id(d) for d in call.depends_on)
         return {d.client_call_id: d.result for d in deps
                 if d.has_result or (d.status == CallStatus.STAGED and d.error is None)}
+
+
+def find_call(conn: Connection, call_id: str,
+              tenants: Collection[str] | None = None) -> CallState | None:
+    """A call by id (of one of ``tenants`` when given), or None."""
+    table = models.table_of(models.Call)
+    query = select(table).where(table.c.id == call_id)
+    if tenants is not None:
+        query = query.where(table.c.tenant.in_(list(tenants)))
+    row = conn.execute(query).first()
+    return None if row is None else CallState.from_row(row)
+
+
+def load_call(conn: Connection, call_id: str, tenants: Collection[str]) -> CallState:
+    """A call of one of ``tenants``, or 404 (another tenant's call does not exist for them)."""
+    call = find_call(conn, call_id, tenants)
+    if call is None:
+        raise NotFound(f"call {call_id!r} not found")
+    return call
 
 
 def load_calls(conn: Connection, turn_id: str) -> list[CallState]:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import inspect
 import json
+import multiprocessing
 import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from importlib import import_module
@@ -90,9 +93,8 @@ def seed_data(domain: str) -> dict[str, Any]:
 
 def db_model(domain: str) -> Any:
     """τ²'s pydantic DB class of the domain (``RetailDB`` / ``FlightDB``)."""
-    module = _domain(domain)
+    _domain(domain)  # checks the name, silences τ²'s logging, explains a missing wheel
     data_model = import_module(f"tau2.domains.{domain}.data_model")
-    del module
     return data_model.RetailDB if domain == "retail" else data_model.FlightDB
 
 
@@ -168,6 +170,29 @@ def replay_actions(domain: str, actions: list[tuple[str, dict[str, Any]]],
 def replay(domain: str, task: Any) -> ReferenceRun:
     """Run the task's gold actions on a fresh reference environment, in order."""
     return replay_actions(domain, gold_actions(task), str(task.id))
+
+
+class ReplaysAhead:
+    """τ²'s replays of ``tasks``, worked out in a worker process from construction on, so that
+    the caller replays earlier tasks through the gateway meanwhile (both are mostly CPU in
+    pydantic: one core each). ``ahead[i]`` waits for task ``i``'s; iterating yields them in
+    task order; each is kept once made. ``close`` stops the worker."""
+
+    def __init__(self, domain: str, tasks: Sequence[Any]) -> None:
+        self._pool = ProcessPoolExecutor(max_workers=1,
+                                         mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=quiet_tau2)
+        self._futures = [self._pool.submit(replay, domain, task) for task in tasks]
+
+    def __getitem__(self, index: int) -> ReferenceRun:
+        return self._futures[index].result()
+
+    def __iter__(self) -> Iterator[ReferenceRun]:
+        return (future.result() for future in self._futures)
+
+    def close(self) -> None:
+        """Replays not started yet are dropped; the one under way is not waited for."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def final_db(domain: str, run: ReferenceRun) -> dict[str, Any]:

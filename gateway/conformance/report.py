@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -17,14 +16,6 @@ from rich.table import Table
 
 from gateway.conformance.reference import ReferenceRun
 from gateway.conformance.replay import TaskResult
-
-
-class Timer:
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
 
 
 @dataclass(frozen=True)
@@ -45,6 +36,7 @@ class Report:
     seed: SeedFigures
     seconds: float
     reference_wait_s: float  # waiting for τ²'s replays, computed alongside in a process
+    machine: dict[str, Any]  # what the seconds were measured on (``bench.harness.machine_info``)
     errors_at: dict[str, int] = field(default_factory=dict)  # reference errors: where shown
 
     @property
@@ -89,7 +81,7 @@ class Report:
 
 def build(domain: str, speculative: bool, references: list[ReferenceRun],
           results: list[TaskResult], seed: SeedFigures, seconds: float,
-          reference_wait_s: float) -> Report:
+          reference_wait_s: float, machine: dict[str, Any]) -> Report:
     skipped = {r.task_id: r.problem for r in references if r.problem is not None}
     by_id = {r.task_id: r for r in references}
     errors_at = Counter(step.where for result in results
@@ -97,7 +89,7 @@ def build(domain: str, speculative: bool, references: list[ReferenceRun],
                                                   strict=False)
                         if not expected.ok and step.where)
     return Report(domain, speculative, len(references) - len(skipped), skipped, results, seed,
-                  seconds, reference_wait_s, dict(errors_at))
+                  seconds, reference_wait_s, machine, dict(errors_at))
 
 
 def render(console: Console, report: Report) -> None:
@@ -134,6 +126,7 @@ def as_dict(report: Report) -> dict[str, Any]:
         "domain": report.domain,
         "speculative": report.speculative,
         "created_at": datetime.now(UTC).isoformat(),
+        "machine": report.machine,
         "summary": report.summary_line(),
         "ok": report.ok,
         "counted": report.counted,
@@ -173,4 +166,5 @@ def _task_dict(result: TaskResult) -> dict[str, Any]:
 
 def write(report: Report, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(as_dict(report), indent=2, ensure_ascii=False) + "\n")
+    path.write_text(json.dumps(as_dict(report), indent=2, ensure_ascii=False) + "\n",
+                    encoding="utf-8")

@@ -10,10 +10,8 @@ database that means its ``<domain>_`` tables are overwritten.
 from __future__ import annotations
 
 import importlib.util
-import multiprocessing
-import signal
-from collections.abc import Generator, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +21,12 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from gateway.bench.harness import machine_info
 from gateway.config import Settings
 from gateway.conformance import reference, report
 from gateway.conformance.replay import GatewayApi, Replayer, TaskResult
 from gateway.conformance.seeding import Seeder
-from gateway.localserver import LocalGateway, settings_env
+from gateway.localserver import LocalGateway, exit_on_sigterm, settings_env
 
 TENANT = "conformance"
 CI_TASKS = 20
@@ -89,8 +88,7 @@ class Prepared:
 
 def prepare(settings: Settings, options: Options) -> Prepared:
     """Migrate, load or check the snapshot, make a key, and replay the references."""
-    from gateway.auth.service import create_key
-    from gateway.db import make_engine
+    from gateway.bench.harness import create_app_key
     from gateway.migrate import migrate_all
 
     url = migrate_all(settings)
@@ -100,11 +98,7 @@ def prepare(settings: Settings, options: Options) -> Prepared:
         full = seeder.reset()  # the first reset refills every table
         seed_ok = seeder.db_hash() == reference.db_hash(options.domain,
                                                          reference.seed_data(options.domain))
-        engine = make_engine(url, pool_size=1)
-        try:
-            key = create_key(engine, TENANT, "app", "specgate conformance tau2")[1]
-        finally:
-            engine.dispose()
+        key = create_app_key(url, TENANT, "specgate conformance tau2")
     except BaseException:
         seeder.close()
         raise
@@ -114,29 +108,20 @@ def prepare(settings: Settings, options: Options) -> Prepared:
     return Prepared(url, key, seeder, figures, tasks)
 
 
+def gateway_server(settings: Settings, url: str, log_name: str) -> LocalGateway:
+    """A real gateway server (child process, no worker) on the ledger at ``url``; use it as a
+    context manager. Its log goes to ``log_name`` under the settings' home."""
+    return LocalGateway(env=settings_env(settings, url),
+                        log_path=settings.home.resolve() / log_name, worker=False)
+
+
 @contextmanager
 def gateway_client(settings: Settings, url: str, key: str) -> Iterator[httpx.Client]:
     """A real gateway server (child process) and an HTTP client with the key."""
-    env = {**settings_env(settings, url), "SPECGATE_HOME": str(settings.home.resolve())}
-    log_path = settings.home.resolve() / "conformance-gateway.log"
-    with LocalGateway(env=env, log_path=log_path, worker=False) as gateway, httpx.Client(
+    with gateway_server(settings, url, "conformance-gateway.log") as gateway, httpx.Client(
             base_url=gateway.url, headers={"Authorization": f"Bearer {key}"},
             timeout=120) as http:
         yield http
-
-
-def references_ahead(domain: str, tasks: list[Any]
-                     ) -> Generator[reference.ReferenceRun, None, None]:
-    """τ²'s replays of ``tasks``, in order, computed ahead in a worker process while the
-    gateway works on earlier tasks (both are mostly CPU in pydantic: one core each)."""
-    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=reference.quiet_tau2)
-    try:
-        futures = [pool.submit(reference.replay, domain, task) for task in tasks]
-        for future in futures:
-            yield future.result()
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def replay_all(prepared: Prepared, http: httpx.Client, options: Options,
@@ -148,13 +133,13 @@ def replay_all(prepared: Prepared, http: httpx.Client, options: Options,
     waited = 0.0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[failed]} failed"), TimeElapsedColumn())
-    with (closing(references_ahead(options.domain, prepared.tasks)) as references,
+    with (closing(reference.ReplaysAhead(options.domain, prepared.tasks)) as references,
           Progress(*columns, console=console) as progress):
         bar = progress.add_task(f"{options.domain} tasks", total=len(prepared.tasks), failed=0)
-        for _ in prepared.tasks:
-            timer = report.Timer()
-            ref = next(references)
-            waited += timer.elapsed()
+        for index in range(len(prepared.tasks)):
+            started = time.perf_counter()
+            ref = references[index]
+            waited += time.perf_counter() - started
             prepared.references.append(ref)
             if ref.valid:
                 results.append(replayer.run(ref))
@@ -171,11 +156,12 @@ def run(settings: Settings, options: Options, console: Console | None = None
     with console.status(f"preparing the {options.domain} database…"):
         prepared = prepare(settings, options)
     try:
-        timer = report.Timer()
+        started = time.perf_counter()
         with gateway_client(settings, prepared.url, prepared.key) as http:
             results, waited = replay_all(prepared, http, options, console)
         result = report.build(options.domain, options.speculative, prepared.references,
-                              results, prepared.seed, timer.elapsed(), waited)
+                              results, prepared.seed, time.perf_counter() - started, waited,
+                              machine_info(prepared.url))
     finally:
         prepared.seeder.close()
     report.render(console, result)
@@ -208,10 +194,5 @@ def main(options: Options, console: Console | None = None) -> int:
     """Entry of the CLI command; returns the exit status (1 on any mismatch)."""
     from gateway.config import get_settings
 
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    exit_on_sigterm()
     return 0 if run(get_settings(), options, console).ok else 1
-
-
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    """SIGTERM unwinds like Ctrl-C, so the gateway child is stopped, not orphaned."""
-    raise SystemExit(128 + signum)

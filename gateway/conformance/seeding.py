@@ -55,7 +55,6 @@ def tau2data(domain: str) -> Tau2Data:
 class SeedInfo:
     loaded: bool  # False: the snapshot already matched the key
     load_s: float
-    key: str
 
 
 def _may_skip_fk_checks(engine: Engine) -> bool:
@@ -117,7 +116,7 @@ class Seeder:
                                   {"d": self.domain}).scalar()
             if stored == key:
                 self._count_snapshot(conn)
-                return SeedInfo(False, time.perf_counter() - started, key)
+                return SeedInfo(False, time.perf_counter() - started)
             conn.exec_driver_sql(f"TRUNCATE {self._names()} RESTART IDENTITY")
             self.data.load_tau2_db(conn, reference.seed_data(self.domain))
             for table in self.tables:
@@ -128,7 +127,7 @@ class Seeder:
                               "ON CONFLICT (domain) DO UPDATE SET key = EXCLUDED.key, "
                               "loaded_at = now()"), {"d": self.domain, "k": key})
             self._count_snapshot(conn)
-        return SeedInfo(True, time.perf_counter() - started, key)
+        return SeedInfo(True, time.perf_counter() - started)
 
     def _count_snapshot(self, conn: Connection) -> None:
         counts = " UNION ALL ".join(f"SELECT '{t.name}', count(*) FROM {self._snapshot_name(t)}"

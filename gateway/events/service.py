@@ -8,11 +8,11 @@ reconnects with ``Last-Event-ID`` misses nothing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
@@ -37,14 +37,25 @@ def parse_last_event_id(value: str | None) -> int:
     return int(value)
 
 
+EVENTS, CALLS = models.table_of(models.CallEvent), models.table_of(models.Call)
+
+
+def events_after(after: int, *, session_id: str | None = None,
+                 tenants: Collection[str] | None = None) -> Select[Any]:
+    """The next batch of audit events after id ``after`` (of one session, or of ``tenants``),
+    each with its call's client id and tool, in id order."""
+    query = (select(EVENTS, CALLS.c.client_call_id, CALLS.c.tool)
+             .outerjoin(CALLS, CALLS.c.id == EVENTS.c.call_id)
+             .where(EVENTS.c.id > after).order_by(EVENTS.c.id).limit(BATCH))
+    if session_id is not None:
+        query = query.where(EVENTS.c.session_id == session_id)
+    if tenants is not None:
+        query = query.where(EVENTS.c.tenant.in_(list(tenants)))
+    return query
+
+
 def fetch(rt: Runtime, session_id: str, after: int) -> list[dict[str, Any]]:
-    events, calls = models.table_of(models.CallEvent), models.table_of(models.Call)
-    query = (
-        select(events, calls.c.client_call_id, calls.c.tool)
-        .outerjoin(calls, calls.c.id == events.c.call_id)
-        .where(events.c.session_id == session_id, events.c.id > after)
-        .order_by(events.c.id).limit(BATCH)
-    )
+    query = events_after(after, session_id=session_id)
     with rt.dbs.ledger.connect() as conn:
         return [
             {"id": r.id, "entity": r.entity, "session_id": r.session_id, "turn_id": r.turn_id,

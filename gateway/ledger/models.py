@@ -60,6 +60,18 @@ class Gateway(Base):
     heartbeat_at: Mapped[datetime] = _now()
 
 
+class WorkerHeartbeat(Base):
+    """A tool worker process, touched by its housekeeping loop
+    (``gateway.tasks.worker.worker_beat``); the dashboard's health panel reads it."""
+
+    __tablename__ = "worker_heartbeats"
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = _now()
+    heartbeat_at: Mapped[datetime] = _now()
+
+
 class ApiKey(Base):
     __tablename__ = "api_keys"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -207,6 +219,25 @@ class OutboxMessage(Base):
     next_at: Mapped[datetime] = _now()
     sends: Mapped[int] = mapped_column(Integer, default=0)
     done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class TranscriptChunk(Base):
+    """What the user said, as the agent heard it: a partial or final chunk and when (the
+    dashboard's session timeline)."""
+
+    __tablename__ = "transcript_chunks"
+    __table_args__ = (
+        Index("ix_transcript_chunks_session_id_at", "session_id", "at"),
+        Index("ix_transcript_chunks_tenant_id", "tenant", "id"),
+    )
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    turn_id: Mapped[str | None] = mapped_column(String(64))
+    text: Mapped[str] = mapped_column(Text)
+    final: Mapped[bool] = mapped_column(Boolean, default=False)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _now()
 
 
 def table_of(model: type[Base]) -> Table:

@@ -43,14 +43,15 @@ class TurnStatus(StrEnum):
 C = CallStatus
 _UNDECIDED_EXITS = {C.CANCELLED, C.COMMITTED, C.CONFLICT, C.ABORTED, C.EXPIRED}
 
-# A ``task`` call is queued (proposed) and runs (running) in the tool worker while its turn
-# goes on, so a turn can be cancelled, expire or abort under it; the worker then finds the call
-# decided, and compensates a reversible effect that completed anyway.
-_TURN_ENDS = {C.CANCELLED, C.EXPIRED, C.ABORTED}
+# How a turn lets a live call go. A ``task`` call is queued (proposed) and runs (running) in
+# the tool worker while its turn goes on, so a turn can be cancelled, expire or abort under it;
+# the worker then finds the call dropped, and compensates a reversible effect that completed
+# anyway.
+DROPPED_CALL_STATUSES = frozenset({C.CANCELLED, C.EXPIRED, C.ABORTED})
 
 CALL_TRANSITIONS: dict[CallStatus, frozenset[CallStatus]] = {
-    C.PROPOSED: frozenset({C.RUNNING, C.STAGED} | _TURN_ENDS),
-    C.RUNNING: frozenset({C.HELD, C.SUCCEEDED, C.FAILED} | _TURN_ENDS),
+    C.PROPOSED: frozenset({C.RUNNING, C.STAGED} | DROPPED_CALL_STATUSES),
+    C.RUNNING: frozenset({C.HELD, C.SUCCEEDED, C.FAILED} | DROPPED_CALL_STATUSES),
     C.HELD: frozenset(_UNDECIDED_EXITS),
     C.SUCCEEDED: frozenset(_UNDECIDED_EXITS),
     # A staged call runs at commit: it may fail there like any sequential call would.

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 from sqlalchemy import Connection, select
 
+from gateway.calls import service as calls_service
 from gateway.calls.schemas import CallView
 from gateway.calls.state import CallState, TurnScope, TurnState, load_calls, load_scope
 from gateway.errors import NotFound
@@ -31,10 +32,8 @@ def scope_of(rt: Runtime, tenant: str, session_id: str,
                 scope = load_scope(conn, tenant, session_id, turn_id)
             if turn_id is None:
                 rt.scopes[session_id] = scope
-        else:
-            from gateway.calls.service import refresh, unsettled
-
-            refresh(rt, unsettled(scope))  # the worker writes these behind the cache
+        else:  # the worker writes its calls behind the cache
+            calls_service.refresh(rt, calls_service.unsettled(scope))
         try:
             yield scope
         except BaseException:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from celery import Celery
 from sqlalchemy import Engine, text
@@ -72,9 +71,3 @@ class Publisher:
     def close(self) -> None:
         # What is still queued is in the outbox: the relay sends it, so never wait on a broker.
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def pending(conn: Any, call_id: str) -> int:
-    """Rows of a call that are not done (tests and the dashboard)."""
-    return int(conn.execute(text("SELECT count(*) FROM outbox WHERE call_id = :c AND "
-                                 "done_at IS NULL"), {"c": call_id}).scalar() or 0)

@@ -25,16 +25,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
+from gateway.calls.execution import CallIdentity, tool_context
 from gateway.calls.settled import notify
-from gateway.calls.state import CallState
+from gateway.calls.state import CallState, find_call
 from gateway.config import Settings
 from gateway.db import Databases
 from gateway.ledger.service import COMPENSATE, StaleTransition, enqueue, now, transition_call
-from gateway.ledger.states import CallStatus
+from gateway.ledger.states import DROPPED_CALL_STATUSES, CallStatus
 from gateway.tools.registry import RegisteredTool, Registry
 from tool_adapters.sdk import ToolContext, ToolError
 
@@ -44,7 +44,6 @@ S = CallStatus
 # Statuses a ``run`` row may find, and the status the worker moves the call to first.
 _START = {S.PROPOSED: S.RUNNING, S.RUNNING: None, S.COMMITTED: S.DISPATCHED,
           S.APPROVED: S.DISPATCHED, S.DISPATCHED: None}
-_DROPPED = {S.CANCELLED, S.EXPIRED, S.ABORTED}
 COMPENSATION_QUEUED = "compensation queued"
 
 
@@ -74,7 +73,7 @@ def process(w: WorkerContext, call_id: str) -> str:
             "ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"), {"c": call_id}).first()
         if row is None:
             return "nothing to do"
-        call = _load(conn, call_id)
+        call = find_call(conn, call_id)
         if call is None:
             _done(conn, row.id, "call not found")
             return "call not found"
@@ -89,11 +88,6 @@ def process(w: WorkerContext, call_id: str) -> str:
     if result == COMPENSATION_QUEUED:  # committed now: ring for the row _finish wrote
         w.publish([call_id])
     return result
-
-
-def _load(conn: Connection, call_id: str) -> CallState | None:
-    found = conn.execute(text("SELECT * FROM calls WHERE id = :c"), {"c": call_id}).first()
-    return None if found is None else CallState.from_row(found)
 
 
 def _done(conn: Connection, row_id: int, note: str | None = None) -> None:
@@ -122,18 +116,15 @@ def _move_now(w: WorkerContext, call: CallState, target: str, **values: Any) -> 
     return True
 
 
-def invoke(w: WorkerContext, tool: RegisteredTool, fn: Callable[[ToolContext], Any], *,
-           call_id: str, key: str, tenant: str, session_id: str, turn_id: str) -> Any:
+def invoke(w: WorkerContext, tool: RegisteredTool, fn: Callable[[ToolContext], Any],
+           identity: CallIdentity) -> Any:
     """Run a tool function with its context: the adapter's settings, and a session on the
     adapter's database when it has tables, committed when the function returns."""
     adapter = tool.adapter
     session = None
     if adapter.metadata is not None:
         session = Session(bind=w.dbs.tool_engine(adapter.name))
-    ctx = ToolContext(call_id=call_id, idempotency_key=key, tenant=tenant,
-                      session_id=session_id, turn_id=turn_id, db=session,
-                      settings=w.settings.adapter_settings.get(adapter.name, {}),
-                      logger=logging.getLogger(f"specgate.tool.{tool.name}"))
+    ctx = tool_context(identity, tool, session, w.settings.adapter_settings.get(adapter.name, {}))
     try:
         value = fn(ctx)
         if session is not None:
@@ -146,10 +137,9 @@ def invoke(w: WorkerContext, tool: RegisteredTool, fn: Callable[[ToolContext], A
 
 def _invoke(w: WorkerContext, call: CallState, tool: RegisteredTool,
             fn: Callable[[ToolContext], Any], key: str) -> _Attempt:
+    identity = CallIdentity(call.id, key, call.tenant, call.session_id, call.turn_id)
     try:
-        return _Attempt(True, result=invoke(w, tool, fn, call_id=call.id, key=key,
-                                            tenant=call.tenant, session_id=call.session_id,
-                                            turn_id=call.turn_id))
+        return _Attempt(True, result=invoke(w, tool, fn, identity))
     except ToolError as error:
         return _Attempt(False, error={"code": error.code, "message": error.message})
     except Exception as error:  # transient (network, a service down) or a bug: retried
@@ -176,7 +166,7 @@ def _run(w: WorkerContext, conn: Connection, row: Any, call: CallState,
         return f"skipped ({call.status})"
     start = _START[S(call.status)]
     if start is not None and not _move_now(w, call, start, started_at=now()):
-        refreshed = _load(conn, call.id)
+        refreshed = find_call(conn, call.id)
         _done(conn, row.id, f"nothing to run: the call is {refreshed and refreshed.status}")
         return "skipped (moved meanwhile)"
     arguments = call.resolved_arguments or call.arguments
@@ -202,12 +192,10 @@ def _finish(w: WorkerContext, conn: Connection, row: Any, call: CallState,
             if attempt.ok else S.FAILED
     elif current == S.DISPATCHED:
         target = S.SUCCEEDED if attempt.ok else S.FAILED
-    elif current in _DROPPED and attempt.ok and tool.spec.effect == "reversible":
+    elif current in DROPPED_CALL_STATUSES and attempt.ok and tool.spec.effect == "reversible":
         # The turn let the call go while its effect was being made: undo it.
-        conn.execute(text("UPDATE calls SET result = CAST(:r AS jsonb), finished_at = now() "
-                          "WHERE id = :c"), {"r": _json(attempt.result), "c": call.id})
-        transition_call(conn, call.subject, str(current), S.COMPENSATING,
-                        detail={"reason": "completed after the call was dropped"})
+        transition_call(conn, call.subject, str(current), S.COMPENSATING, values,
+                        {"reason": "completed after the call was dropped"})
         enqueue(conn, [call.id], COMPENSATE, w.settings.relay_grace_s)
         _done(conn, row.id)
         return COMPENSATION_QUEUED
@@ -219,10 +207,6 @@ def _finish(w: WorkerContext, conn: Connection, row: Any, call: CallState,
     notify(conn, call.id)
     _done(conn, row.id)
     return str(target)
-
-
-def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()
 
 
 def _compensate(w: WorkerContext, conn: Connection, row: Any, call: CallState,

@@ -20,6 +20,7 @@ from celery import Celery, signals
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
+from gateway.calls.execution import CallIdentity
 from gateway.config import Settings
 from gateway.db import Databases
 from gateway.tasks import outbox
@@ -47,8 +48,8 @@ def build(settings: Settings) -> tuple[Celery, WorkerContext]:
     def plain_tool(tool_name: str, arguments: dict[str, Any]) -> Any:
         """A tool function run the plain Celery way, with no ledger: the benchmark's baseline."""
         tool = w.registry.get(tool_name)
-        return invoke(w, tool, lambda ctx: tool.spec.invoke(ctx, arguments), call_id="plain",
-                      key="plain", tenant="plain", session_id="plain", turn_id="plain")
+        return invoke(w, tool, lambda ctx: tool.spec.invoke(ctx, arguments),
+                      CallIdentity("plain", "plain", "plain", "plain", "plain"))
 
     return celery, w
 

@@ -181,7 +181,7 @@ class TurnHold:
         return any(e.call_id == call_id and e.kept for e in self.entries)
 
     def commit(self, ledger: Engine, turn_id: str, outcomes: dict[str, Any],
-               dispatch: Sequence[str] = (), grace_s: float = 2.0) -> None:
+               dispatch: Sequence[str], grace_s: float) -> None:
         """Make every held effect durable, with the decision (and the outbox rows of the
         ``dispatch`` calls) recorded exactly once."""
         local = [h for h in self.connections.values() if h.gid is None]
@@ -209,7 +209,7 @@ class TurnHold:
                 log.exception("COMMIT PREPARED %r failed; left to the reconciler", held.gid)
 
     def prepare_for_approval(self, ledger: Engine, turn_id: str, outcomes: dict[str, Any],
-                             dispatch: Sequence[str] = (), grace_s: float = 2.0) -> None:
+                             dispatch: Sequence[str], grace_s: float) -> None:
         """PREPARE every held transaction, the ledger's own included, and record the decision
         ``approval``: the effects wait, durable and holding their locks but no connection,
         until the calls' approval resolves them (``gateway.calls.approvals``). A crash before

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from gateway.admin import screenshots
 from gateway.auth.service import create_key
 from gateway.config import Settings
 from gateway.db import make_engine
@@ -54,6 +55,9 @@ class Tenant:
         return {"session": sid, "turn": tid, "call": call["id"]}
 
 
+World = tuple[Any, Tenant, Tenant]  # a client of the gateway, and two tenants on it
+
+
 def new_tenant(ledger_url: str, client: httpx.Client, name: str | None = None) -> Tenant:
     name = name or f"t-{uuid.uuid4().hex[:8]}"
     engine = make_engine(ledger_url, pool_size=1)
@@ -66,18 +70,13 @@ def new_tenant(ledger_url: str, client: httpx.Client, name: str | None = None) -
 def settle(tenant: Tenant) -> None:
     """Leave nothing pending behind: deny waiting approvals (so no prepared transaction keeps
     the shop's rows locked for later tests) and cancel open turns."""
-    page = tenant.admin.get("/v1/admin/queue?limit=200").json()
-    for item in page["items"]:
-        if "deny" in item["actions"]:
-            tenant.admin.post(f"/v1/calls/{item['id']}/deny", {"reason": "test cleanup"})
-    for item in tenant.admin.get("/v1/admin/queue?limit=200").json()["items"]:
-        if "cancel_turn" in item["actions"]:
-            tenant.admin.post(f"/v1/sessions/{item['session_id']}/turns/{item['turn_id']}"
-                              "/cancel", {})
+    screenshots.settle(tenant.admin.client, "test cleanup",  # type: ignore[arg-type]
+                       tenant.admin.headers)
 
 
 @pytest.fixture
-def admin_world(pg_home: Path, ledger_url: str, gateway_factory: Any) -> Iterator[Any]:
+def admin_world(pg_home: Path, ledger_url: str,
+                gateway_factory: Any) -> Iterator[World]:
     """An in-process gateway (approvals for place_order) and two tenants on it."""
     settings = admin_settings(pg_home, ledger_url)
     setup_adapters(settings)
@@ -127,3 +126,16 @@ def audit_details(ledger_url: str, call_or_turn: str) -> list[dict[str, Any]]:
         found = [{"from": r.from_status, "to": r.to_status, "detail": r.detail} for r in rows]
     engine.dispose()
     return found
+
+
+def ledger_sql(ledger_url: str, statement: str, **params: Any) -> None:
+    """Change the ledger behind the gateway's back (to bring an expiry closer)."""
+    engine = make_engine(ledger_url, pool_size=1)
+    with engine.begin() as conn:
+        conn.execute(text(statement), params)
+    engine.dispose()
+
+
+def expire_turn_in(ledger_url: str, turn_id: str, seconds: int) -> None:
+    ledger_sql(ledger_url, "UPDATE turns SET expires_at = now() + make_interval(secs => :s) "
+               "WHERE id = :t", s=seconds, t=turn_id)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from tests.admin.conftest import Tenant, audit_details
+from tests.admin.conftest import World, audit_details, expire_turn_in, ledger_sql
 
 ADMIN_GETS = ["/v1/admin/me", "/v1/admin/queue", "/v1/admin/health", "/v1/admin/events",
               "/v1/admin/sessions/{sid}/timeline", "/admin/fragments/queue",
@@ -15,13 +13,8 @@ ADMIN_POSTS = ["/v1/admin/calls/{cid}/retry-compensation", "/v1/admin/calls/{cid
                "/v1/admin/turns/{tid}/extend-ttl"]
 
 
-def _world(admin_world: Any) -> tuple[Any, Tenant, Tenant]:
-    client, acme, other = admin_world
-    return client, acme, other
-
-
-def test_app_keys_get_403_and_no_key_401_on_every_admin_route(admin_world: Any) -> None:
-    client, acme, _ = _world(admin_world)
+def test_app_keys_get_403_and_no_key_401_on_every_admin_route(admin_world: World) -> None:
+    client, acme, _ = admin_world
     held = acme.held_call()
     ids = {"sid": held["session"], "cid": held["call"], "tid": held["turn"]}
     for path in ADMIN_GETS:
@@ -36,8 +29,8 @@ def test_app_keys_get_403_and_no_key_401_on_every_admin_route(admin_world: Any) 
         assert client.post(url, json={"seconds": 10}).status_code == 401
 
 
-def test_page_shells_carry_no_data_and_strict_headers(admin_world: Any) -> None:
-    client, acme, _ = _world(admin_world)
+def test_page_shells_carry_no_data_and_strict_headers(admin_world: World) -> None:
+    client, acme, _ = admin_world
     held = acme.held_call()
     for path in ("/admin", f"/admin/sessions/{held['session']}", "/admin/health"):
         response = client.get(path)
@@ -47,10 +40,13 @@ def test_page_shells_carry_no_data_and_strict_headers(admin_world: Any) -> None:
         assert '<script src="/admin/static/admin.js" defer>' in response.text
     assert client.get("/admin/static/admin.js").status_code == 200
     assert client.get("/admin/static/../app.py").status_code == 404
+    # Names that reach the static route: only the listed files are served.
+    for name in ("%2E%2E", "pages.py"):
+        assert client.get(f"/admin/static/{name}").status_code == 404, name
 
 
-def test_queue_shows_what_holds_each_pending_call(admin_world: Any) -> None:
-    _, acme, _ = _world(admin_world)
+def test_queue_shows_what_holds_each_pending_call(admin_world: World) -> None:
+    _, acme, _ = admin_world
     waiting = acme.pending_order()
     held = acme.held_call()
     sid = held["session"]
@@ -71,6 +67,8 @@ def test_queue_shows_what_holds_each_pending_call(admin_world: Any) -> None:
     assert approval["status"] == "awaiting_approval" and approval["ttl"]["kind"] == "approval"
     assert approval["holder"]["kind"] == "prepared"
     assert approval["holder"]["detail"]["gids"][0].startswith("sg:" + waiting["turn"])
+    assert set(approval["holder"]["detail"]["prepared_at"]) == \
+        set(approval["holder"]["detail"]["gids"])  # the age of each, from pg_prepared_xacts
     assert set(approval["actions"]) == {"approve", "deny", "extend_call"}
     assert approval["arguments"]["card_last4"] == "4242"
     assert approval["arguments"]["order_id"].startswith("O-ann-")
@@ -81,8 +79,8 @@ def test_queue_shows_what_holds_each_pending_call(admin_world: Any) -> None:
     assert page["counts"]["held"] == 2 and page["counts"]["awaiting_approval"] == 3
 
 
-def test_queue_filters_search_and_pages(admin_world: Any) -> None:
-    _, acme, _ = _world(admin_world)
+def test_queue_filters_search_and_pages(admin_world: World) -> None:
+    _, acme, _ = admin_world
     first, second = acme.held_call("Cy"), acme.held_call("Di")
     acme.app.commit(first["session"], first["turn"])  # committed: no longer pending
     ids = [i["id"] for i in acme.admin.get("/v1/admin/queue").json()["items"]]
@@ -104,8 +102,8 @@ def test_queue_filters_search_and_pages(admin_world: Any) -> None:
     assert acme.admin.get("/v1/admin/queue?tenant=someone-else", expect=400)
 
 
-def test_a_tenant_admin_sees_and_touches_nothing_of_another_tenant(admin_world: Any) -> None:
-    _, acme, other = _world(admin_world)
+def test_a_tenant_admin_sees_and_touches_nothing_of_another_tenant(admin_world: World) -> None:
+    _, acme, other = admin_world
     theirs = other.held_call()
     waiting = other.pending_order(sku="espresso")
     assert all(i["tenant"] == acme.name for i in acme.admin.get("/v1/admin/queue").json()
@@ -127,15 +125,15 @@ def test_a_tenant_admin_sees_and_touches_nothing_of_another_tenant(admin_world: 
     assert theirs["call"] not in fragment and other.name not in fragment
 
 
-def test_extending_a_turn_is_bounded_and_audited(admin_world: Any, ledger_url: str) -> None:
-    _, acme, _ = _world(admin_world)
+def test_extending_a_turn_is_bounded_and_audited(admin_world: World, ledger_url: str) -> None:
+    _, acme, _ = admin_world
     held = acme.held_call()
     before = acme.app.get(f"/v1/sessions/{held['session']}").json()["turns"][0]["expires_at"]
     response = acme.admin.post(f"/v1/admin/turns/{held['turn']}/extend-ttl", {"seconds": 30},
                                expect=None)
     assert response.status_code == 409 and response.json()["error"]["code"] == "ttl_at_bound"
     # The default turn TTL is 300 s and a fresh turn has all of it: move its end closer.
-    _shorten_turn(ledger_url, held["turn"], seconds=60)
+    expire_turn_in(ledger_url, held["turn"], seconds=60)
     view = acme.admin.post(f"/v1/admin/turns/{held['turn']}/extend-ttl", {"seconds": 120},
                            expect=200).json()
     assert view["kind"] == "turn" and view["expires_at"] > view["previous"]
@@ -148,31 +146,12 @@ def test_extending_a_turn_is_bounded_and_audited(admin_world: Any, ledger_url: s
     acme.app.commit(held["session"], held["turn"])  # the held transaction survived
 
 
-def _shorten_turn(ledger_url: str, turn_id: str, seconds: int) -> None:
-    from sqlalchemy import text
-
-    from gateway.db import make_engine
-
-    engine = make_engine(ledger_url, pool_size=1)
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE turns SET expires_at = now() + make_interval(secs => :s) "
-                          "WHERE id = :t"), {"s": seconds, "t": turn_id})
-    engine.dispose()
-
-
-def test_extending_staged_calls_and_approvals(admin_world: Any, ledger_url: str) -> None:
-    _, acme, _ = _world(admin_world)
+def test_extending_staged_calls_and_approvals(admin_world: World, ledger_url: str) -> None:
+    _, acme, _ = admin_world
     waiting = acme.pending_order()
     before = acme.admin.get(f"/v1/calls/{waiting['call']}").json()["approval_expires_at"]
-    from sqlalchemy import text
-
-    from gateway.db import make_engine
-
-    engine = make_engine(ledger_url, pool_size=1)
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE calls SET approval_expires_at = now() + interval '10 seconds' "
-                          "WHERE id = :c"), {"c": waiting["call"]})
-    engine.dispose()
+    ledger_sql(ledger_url, "UPDATE calls SET approval_expires_at = now() + interval "
+               "'10 seconds' WHERE id = :c", c=waiting["call"])
     view = acme.admin.post(f"/v1/admin/calls/{waiting['call']}/extend-ttl", {"seconds": 90},
                            expect=200).json()
     assert view["kind"] == "approval" and view["expires_at"] != before
@@ -184,8 +163,8 @@ def test_extending_staged_calls_and_approvals(admin_world: Any, ledger_url: str)
     assert acme.admin.get("/v1/admin/audit/verify").json()["ok"]
 
 
-def test_transcript_chunks_are_appended_and_drawn(admin_world: Any) -> None:
-    _, acme, other = _world(admin_world)
+def test_transcript_chunks_are_appended_and_drawn(admin_world: World) -> None:
+    _, acme, other = admin_world
     sid, tid = acme.app.session()
     first = acme.app.post(f"/v1/sessions/{sid}/transcript", {"text": "I'd like to"},
                           expect=201).json()
@@ -206,8 +185,8 @@ def test_transcript_chunks_are_appended_and_drawn(admin_world: Any) -> None:
     assert "order two bags" in html and 'data-status="held"' in html
 
 
-def test_session_metadata_and_arguments_are_redacted(admin_world: Any) -> None:
-    _, acme, _ = _world(admin_world)
+def test_session_metadata_and_arguments_are_redacted(admin_world: World) -> None:
+    _, acme, _ = admin_world
     body = {"metadata": {"caller": "ann", "api_key": "abc123", "auth": {"token": "t"}}}
     sid = acme.app.post("/v1/sessions", body, expect=201).json()["id"]
     timeline = acme.admin.get(f"/v1/admin/sessions/{sid}/timeline").json()
@@ -236,11 +215,11 @@ def test_secret_values_are_redacted_anywhere() -> None:
 
 
 def test_health_reports_prepared_outbox_heartbeats_and_speculation(
-        admin_world: Any, ledger_url: str) -> None:
+        admin_world: World, ledger_url: str) -> None:
     from gateway.db import make_engine
     from gateway.tasks.worker import worker_beat
 
-    _, acme, _ = _world(admin_world)
+    _, acme, _ = admin_world
     waiting = acme.pending_order()
     sid, tid = acme.app.session()
     acme.app.call(sid, "1", "create_order", arguments={"customer": "Fay"})

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.admin.browser import LAPTOP, PHONE, chromium_path, launch
 from gateway.localserver import LocalGateway
-from tests.admin.conftest import Tenant, audit_details
+from tests.admin.conftest import Tenant, audit_details, expire_turn_in
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
@@ -174,7 +174,7 @@ def test_the_timeline_updates_live(page: Any, live_gateway: LocalGateway,
 def test_extend_a_turn_from_its_session(page: Any, live_gateway: LocalGateway, acme: Tenant,
                                          ledger_url: str) -> None:
     held = acme.held_call("Kim")
-    _expire_soon(ledger_url, held["turn"], seconds=30)
+    expire_turn_in(ledger_url, held["turn"], seconds=30)
     signed_in(page, live_gateway, acme, f"/admin/sessions/{held['session']}")
     turn = page.locator(f'li.turn[data-turn="{held["turn"]}"]')
     expect(turn.locator("time.ttl")).to_have_class("ttl low")  # under a minute left
@@ -190,18 +190,6 @@ def test_extend_a_turn_from_its_session(page: Any, live_gateway: LocalGateway, a
     expect(page.locator("#confirm-error")).to_contain_text("turn_not_open")
     page.click("#confirm-no")
     expect(turn).to_contain_text("committed")
-
-
-def _expire_soon(ledger_url: str, turn_id: str, seconds: int) -> None:
-    from sqlalchemy import text
-
-    from gateway.db import make_engine
-
-    engine = make_engine(ledger_url, pool_size=1)
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE turns SET expires_at = now() + make_interval(secs => :s) "
-                          "WHERE id = :t"), {"s": seconds, "t": turn_id})
-    engine.dispose()
 
 
 def test_force_commit_a_turn_from_its_session(page: Any, live_gateway: LocalGateway,

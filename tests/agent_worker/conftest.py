@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from agent_worker import inputs
 from agent_worker.clock import Clock, VirtualClock
 from agent_worker.gateway_client import GatewayClient
 from agent_worker.model import Backend
@@ -22,7 +23,7 @@ from agent_worker.runtime import Agent, AgentConfig, TurnResult
 from agent_worker.session import Source
 from agent_worker.trace import Trace
 from gateway.config import Settings
-from tests.agent_worker.scripted import Rule, ScriptedModel, spoken
+from tests.agent_worker.scripted import Rule, ScriptedModel
 from tests.conftest import make_settings, reset_shop
 from tests.gateway.helpers import Api, shop_state
 
@@ -67,7 +68,7 @@ class World:
             config: AgentConfig | None = None) -> Run:
         """One utterance (chunks at their times) played through the scripted model."""
         return self.play(lambda clock: ScriptedModel(clock, list(rules)),
-                         lambda clock: spoken(clock, chunks), config=config)
+                         lambda clock: inputs.timed_chunks(clock, chunks), config=config)
 
     def play(self, backend: Callable[[Clock], Backend], *sources: Source,
              config: AgentConfig | None = None, clock: Clock | None = None) -> Run:

@@ -10,12 +10,11 @@ leaves it for the next one. Every context is recorded, so a test can see what th
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent_worker.clock import Clock
-from agent_worker.events import UserChunk
 from agent_worker.model import Context
 
 
@@ -67,12 +66,3 @@ class ScriptedModel:
     def shown(self, generation: int = -1) -> str:
         """Everything the model had been shown at the start of a generation."""
         return "".join(text for _, text in self.contexts[generation].segments)
-
-
-async def spoken(clock: Clock, chunks: Sequence[tuple[float, str]]) -> AsyncIterator[UserChunk]:
-    """User chunks at given times (seconds from the start of the turn); the last one is
-    final."""
-    origin = clock.now()
-    for i, (at, text) in enumerate(chunks):
-        await clock.sleep_until(origin + at)
-        yield UserChunk(text, final=i == len(chunks) - 1, spoken_at=origin + at)

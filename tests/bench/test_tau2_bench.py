@@ -206,15 +206,11 @@ def test_calls_waiting_on_each_others_results_take_the_value_at_the_last_word() 
 
 
 def _gold(domain: str, task_id: str) -> tuple[Any, list[Any]]:
-    from agent_worker.bench.tau2_stream import GoldStep
+    from agent_worker.bench.tau2_run import gold_steps, tool_effects
     from gateway.conformance import reference
-    from gateway.tools.registry import load_adapter
 
-    effects = {t.name: str(t.effect) for t in load_adapter(domain).tools}
     task = next(t for t in reference.tasks(domain) if str(t.id) == task_id)
-    steps = [GoldStep(s.name, s.arguments, s.ok, s.output, effects[s.name])
-             for s in reference.replay(domain, task).steps]
-    return task, steps
+    return task, gold_steps(reference.replay(domain, task), tool_effects(domain))
 
 
 @pytest.fixture(scope="module", params=sorted(E2E_TASKS))

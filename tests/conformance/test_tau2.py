@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import multiprocessing
 import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,30 +85,14 @@ def two_phase(domain: str, pg_home: Path, ledger_url: str, tool_url: str) -> Ite
     seeded.seeder.close()
 
 
-class References:
-    """τ²'s replays of the CI subset, computed in a worker process from the moment the module
-    starts, so the first test replays through the gateway while the later tasks' references
-    are still being made (both mostly CPU in pydantic)."""
-
-    def __init__(self, domain: str) -> None:
-        self.pool = ProcessPoolExecutor(max_workers=1,
-                                        mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=reference.quiet_tau2)
-        self.futures = [self.pool.submit(reference.replay, domain, task)
-                        for task in select_tasks(domain, CI_TASKS)]
-
-    def __iter__(self) -> Iterator[reference.ReferenceRun]:
-        return (future.result() for future in self.futures)
-
-    def all(self) -> list[reference.ReferenceRun]:
-        return list(self)
-
-
 @pytest.fixture(scope="module")
-def ci_references(domain: str) -> Iterator[References]:
-    references = References(domain)
+def ci_references(domain: str) -> Iterator[reference.ReplaysAhead]:
+    """τ²'s replays of the CI subset, made in a worker process from the moment the module
+    starts, so the first test replays through the gateway while the later tasks' references
+    are still being made."""
+    references = reference.ReplaysAhead(domain, select_tasks(domain, CI_TASKS))
     yield references
-    references.pool.shutdown(cancel_futures=True)
+    references.close()
 
 
 ReplayerFactory = Callable[[Seeded], Replayer]
@@ -151,7 +133,7 @@ def _writes(ref: reference.ReferenceRun, effects: dict[str, str], domain: str) -
 
 
 def test_the_ci_subset_matches_tau2_through_the_gateway(
-        ci_references: References, local: Seeded, replayer: ReplayerFactory) -> None:
+        ci_references: reference.ReplaysAhead, local: Seeded, replayer: ReplayerFactory) -> None:
     replay = replayer(local)
     references, results = [], []
     for ref in ci_references:  # each as soon as τ²'s replay of it is ready
@@ -163,8 +145,8 @@ def test_the_ci_subset_matches_tau2_through_the_gateway(
 
 
 def test_the_ci_subset_is_spread_and_covers_errors_and_sensitive_writes(
-        domain: str, ci_references: References) -> None:
-    references = ci_references.all()
+        domain: str, ci_references: reference.ReplaysAhead) -> None:
+    references = list(ci_references)
     ids = [r.task_id for r in references]
     every = [str(t.id) for t in reference.tasks(domain)]
     assert len(ids) == CI_TASKS and ids[0] == every[0] and ids[-1] == every[-1]
@@ -297,6 +279,7 @@ def test_the_command_replays_through_a_gateway_server_and_writes_json(
         done.stdout.split())
     report = json.loads(out.read_text())
     assert report["ok"] and report["counted"] == 3 and report["leaked_wrong_calls"] == 0
+    assert report["machine"]["cpu_count"] and report["machine"]["postgres"]  # what timed it
     assert [t["task_id"] for t in report["tasks"]] == [
         str(t.id) for t in select_tasks(domain, 3)]
 
@@ -311,7 +294,7 @@ def test_the_command_refuses_an_unknown_domain() -> None:
 
 
 def test_a_differing_state_is_named_by_the_write_that_touched_it(
-        domain: str, ci_references: References) -> None:
+        domain: str, ci_references: reference.ReplaysAhead) -> None:
     effects = _effects(domain)
     ref = next(r for r in ci_references if any(s.ok and s.name in _WRITE_KEYS[domain]
                                                for s in r.steps))

@@ -6,11 +6,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
+from gateway.auth.service import create_key
 from gateway.calls import placeholders
+from gateway.db import make_engine
 from tool_adapters.demo import ADAPTER
 from tool_adapters.demo import schema as shop
 from tool_adapters.sdk import ToolContext
@@ -42,11 +44,13 @@ class Api:
         body = self.post("/v1/sessions", {}, expect=201).json()
         return body["id"], body["turns"][0]["id"]
 
-    def call(self, sid: str, cid: int | str, tool: str, expect: int = 201,
+    def call(self, sid: str, cid: int | str, tool: str, expect: int = 201, wait: float = 0,
              **kwargs: Any) -> dict[str, Any]:
-        body = {"tool": f"demo.{tool}", "client_call_id": cid,
+        """Issue a call; ``tool`` is a demo tool's bare name or any ``adapter.tool``."""
+        body = {"tool": tool if "." in tool else f"demo.{tool}", "client_call_id": cid,
                 "arguments": kwargs.pop("arguments", {}), **kwargs}
-        return self.post(f"/v1/sessions/{sid}/calls", body, expect=expect).json()
+        query = f"?wait={wait}" if wait else ""
+        return self.post(f"/v1/sessions/{sid}/calls{query}", body, expect=expect).json()
 
     def commit(self, sid: str, tid: str, keep: list[Any] | None = None,
                expect: int = 200) -> dict[str, Any]:
@@ -58,6 +62,24 @@ class Api:
 
     def cancel(self, call_id: str, expect: int = 200) -> Any:
         return self.post(f"/v1/calls/{call_id}/cancel", {}, expect=expect).json()
+
+
+def new_keys(ledger_url: str, tenant: str, *roles: str) -> list[str]:
+    """Fresh API key secrets of ``tenant``, one per role given."""
+    engine = make_engine(ledger_url, pool_size=1)
+    try:
+        return [create_key(engine, tenant, role)[1] for role in roles]
+    finally:
+        engine.dispose()
+
+
+def expire_approval(ledger_url: str, call_id: str) -> None:
+    """Move a call's approval deadline into the past, as if its time had run out."""
+    engine = create_engine(ledger_url, poolclass=NullPool)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE calls SET approval_expires_at = now() - interval '1 second' "
+                          "WHERE id = :c"), {"c": call_id})
+    engine.dispose()
 
 
 def shop_state(url: str) -> dict[str, list[dict[str, Any]]]:

@@ -15,23 +15,19 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from gateway.auth.service import create_key
-from gateway.db import make_engine
 from gateway.recovery import reconcile
-from tests.conftest import make_settings, reset_shop
-from tests.gateway.helpers import Api, shop_state
+from tests.conftest import ShopFixture, open_shop
+from tests.gateway.helpers import Api, expire_approval, new_keys, shop_state
 
 PLACE = {"order_id": "$1.order_id", "card_last4": "4242"}
 TWO_APPROVALS = "two-approvals"  # its policy also puts demo.add_item under approval
 
 
 @dataclass
-class HeldShop:
-    api: Api
-    admin: Api
-    url: str
-    ledger_url: str
-    runtime: Any
+class HeldShop(ShopFixture):
+    @property
+    def ledger_url(self) -> str:
+        return str(self.settings.database_url)
 
     def place_order_turn(self) -> tuple[dict[str, Any], str, dict[str, Any]]:
         """Create an order, add to it, place it (needs approval) and commit the turn:
@@ -56,26 +52,13 @@ class HeldShop:
         return str((api or self.api).get(f"/v1/calls/{call_id}").json()["status"])
 
 
-def _keys(ledger_url: str, tenant: str) -> tuple[str, str]:
-    engine = make_engine(ledger_url, pool_size=1)
-    _, app_key = create_key(engine, tenant, "app")
-    _, admin_key = create_key(engine, tenant, "admin")
-    engine.dispose()
-    return app_key, admin_key
-
-
 @pytest.fixture
 def held_shop(topology: str, pg_home: Path, ledger_url: str, tool_url: str,
               gateway_factory: Any, tenant: str) -> HeldShop:
-    url = ledger_url if topology == "local" else tool_url
-    settings = make_settings(pg_home, ledger_url, None if topology == "local" else tool_url,
-                             approval_policy={"*": ["demo.place_order"],
-                                              TWO_APPROVALS: ["demo.add_item"]})
-    reset_shop(url, settings)
-    client = gateway_factory(settings)
-    app_key, admin_key = _keys(ledger_url, tenant)
-    return HeldShop(Api(client, app_key), Api(client, admin_key), url, ledger_url,
-                    client.app.state.runtime)
+    shop = open_shop(topology, pg_home, ledger_url, tool_url, gateway_factory, tenant,
+                     approval_policy={"*": ["demo.place_order"],
+                                      TWO_APPROVALS: ["demo.add_item"]})
+    return HeldShop(**vars(shop))
 
 
 def _ours(shop: HeldShop, gids: list[str], turn_id: str) -> list[str]:
@@ -145,11 +128,7 @@ def test_expired_approval_is_denied_and_rolled_back_by_the_reaper(held_shop: Hel
     shop = held_shop
     before = shop_state(shop.url)
     staged, token, turn = shop.place_order_turn()
-    engine = create_engine(shop.ledger_url, poolclass=NullPool)
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE calls SET approval_expires_at = now() - interval '1 second' "
-                          "WHERE id = :c"), {"c": staged["id"]})
-    engine.dispose()
+    expire_approval(shop.ledger_url, staged["id"])
     late = shop.api.post(f"/v1/calls/{staged['id']}/approve", {"confirm_token": token},
                          expect=409).json()
     assert late["error"]["code"] == "approval_expired"
@@ -162,7 +141,7 @@ def test_expired_approval_is_denied_and_rolled_back_by_the_reaper(held_shop: Hel
 @pytest.mark.parametrize("second", ["approve", "deny"])
 def test_every_approval_of_the_transaction_is_needed(held_shop: HeldShop, second: str) -> None:
     shop = held_shop
-    app_key, admin_key = _keys(shop.ledger_url, TWO_APPROVALS)
+    app_key, admin_key = new_keys(shop.ledger_url, TWO_APPROVALS, "app", "admin")
     api, admin = Api(shop.api.client, app_key), Api(shop.api.client, admin_key)
     before = shop_state(shop.url)
     sid, tid = api.session()

@@ -20,23 +20,20 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
 
 from gateway.app import create_app
-from gateway.auth.service import create_key
 from gateway.config import Settings
-from gateway.db import make_engine
 from gateway.localserver import LocalWorker, settings_env
 from gateway.migrate import setup_adapters
-from gateway.tasks import outbox
-from tests.gateway.helpers import Api
+from tests.gateway.helpers import Api, expire_approval, new_keys
 from tests.support.booking_service import LocalBookingService
 from tests.support.proxy import CuttableProxy
 from tests.support.smtp import LocalSmtp
 
 APPROVALS = "approvals-tenant"  # its policy puts mail.send_email under approval
+
 
 def task_settings(pg_home: Path, ledger_url: str, smtp: LocalSmtp, booking: LocalBookingService,
                   **overrides: Any) -> Settings:
@@ -60,17 +57,9 @@ class TaskWorld:
     worker: LocalWorker
     ledger_url: str
 
-    def session(self) -> tuple[str, str]:
-        created = self.api.post("/v1/sessions", {}, expect=201).json()
-        return created["id"], created["turns"][0]["id"]
-
     def call(self, sid: str, cid: str, tool: str, arguments: dict[str, Any],
              wait: float = 0) -> dict[str, Any]:
-        suffix = f"?wait={wait}" if wait else ""
-        body = {"tool": tool, "client_call_id": cid, "arguments": arguments}
-        result: dict[str, Any] = self.api.post(f"/v1/sessions/{sid}/calls{suffix}", body,
-                                               expect=201).json()
-        return result
+        return self.api.call(sid, cid, tool, arguments=arguments, wait=wait)
 
     def status(self, call_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self.api.get(f"/v1/calls/{call_id}").json()
@@ -86,11 +75,10 @@ class TaskWorld:
             time.sleep(0.05)
 
     def pending(self, call_id: str) -> int:
-        engine = create_engine(self.ledger_url, poolclass=NullPool)
-        with engine.connect() as conn:
-            count = outbox.pending(conn, call_id)
-        engine.dispose()
-        return count
+        """The call's outbox rows that are not done."""
+        with self.api.client.app.state.runtime.dbs.ledger.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM outbox WHERE call_id = :c AND "
+                                         "done_at IS NULL"), {"c": call_id}).scalar())
 
     def restart_worker(self, env: dict[str, str] | None = None) -> None:
         self.worker.kill()
@@ -108,11 +96,8 @@ def _world(pg_home: Path, ledger_url: str, settings: Settings,
     app = create_app(settings, gateway_id=f"test-{uuid.uuid4().hex[:6]}", background=False)
     client = TestClient(app)
     client.__enter__()
-    engine = make_engine(ledger_url, pool_size=1)
-    _, key = create_key(engine, f"t-{uuid.uuid4().hex[:8]}", "app")
-    engine.dispose()
     try:
-        yield worker, Api(client, key)
+        yield worker, Api(client, _new_key(ledger_url))
     finally:
         client.__exit__(None, None, None)
         worker.stop()
@@ -145,9 +130,7 @@ def world(module_world: TaskWorld) -> TaskWorld:
 
 
 def _new_key(ledger_url: str, tenant: str | None = None, role: str = "app") -> str:
-    engine = make_engine(ledger_url, pool_size=1)
-    _, key = create_key(engine, tenant or f"t-{uuid.uuid4().hex[:8]}", role)
-    engine.dispose()
+    (key,) = new_keys(ledger_url, tenant or f"t-{uuid.uuid4().hex[:8]}", role)
     return key
 
 
@@ -166,7 +149,7 @@ SLOT = {"resource": "room-1", "start": "2026-12-01T10:00", "name": "ann"}
 
 
 def test_safe_task_call_runs_in_the_worker(world: TaskWorld) -> None:
-    sid, _ = world.session()
+    sid, _ = world.api.session()
     call = world.call(sid, "1", "booking.find_slots", {"resource": "room-1",
                                                         "day": "2026-12-01"}, wait=20)
     assert call["status"] == "succeeded", call
@@ -174,7 +157,7 @@ def test_safe_task_call_runs_in_the_worker(world: TaskWorld) -> None:
 
 
 def test_reversible_task_call_is_held_then_committed(world: TaskWorld) -> None:
-    sid, tid = world.session()
+    sid, tid = world.api.session()
     call = world.call(sid, "1", "booking.book_slot", SLOT, wait=20)
     assert call["status"] == "held", call
     assert _active_bookings(world.booking) == 1
@@ -185,7 +168,7 @@ def test_reversible_task_call_is_held_then_committed(world: TaskWorld) -> None:
 
 
 def test_cancelled_reversible_task_call_is_compensated_once(world: TaskWorld) -> None:
-    sid, _ = world.session()
+    sid, _ = world.api.session()
     call = world.call(sid, "1", "booking.book_slot", SLOT, wait=20)
     changed = world.api.post(f"/v1/calls/{call['id']}/cancel", {}, expect=200).json()
     assert [c["status"] for c in changed] == ["compensating"]
@@ -196,7 +179,7 @@ def test_cancelled_reversible_task_call_is_compensated_once(world: TaskWorld) ->
 
 
 def test_cancelled_turn_compensates_every_held_task_call(world: TaskWorld) -> None:
-    sid, tid = world.session()
+    sid, tid = world.api.session()
     first = world.call(sid, "1", "booking.book_slot", SLOT, wait=20)
     second = world.call(sid, "2", "booking.book_slot", {**SLOT, "start": "2026-12-01T11:00"},
                         wait=20)
@@ -209,7 +192,7 @@ def test_cancelled_turn_compensates_every_held_task_call(world: TaskWorld) -> No
 
 def test_cancel_racing_the_task_leaves_no_effect_and_one_compensation_each(
         world: TaskWorld) -> None:
-    sid, _ = world.session()
+    sid, _ = world.api.session()
     ids = []
     for n in range(6):
         call = world.call(sid, f"r{n}", "booking.book_slot",
@@ -226,7 +209,7 @@ def test_cancel_racing_the_task_leaves_no_effect_and_one_compensation_each(
 
 
 def test_compensation_that_keeps_failing_ends_failed_with_its_error(world: TaskWorld) -> None:
-    sid, _ = world.session()
+    sid, _ = world.api.session()
     call = world.call(sid, "1", "booking.book_slot", SLOT, wait=20)
     world.booking.fail("DELETE", times=100, status=503)
     world.api.post(f"/v1/calls/{call['id']}/cancel", {}, expect=200)
@@ -240,7 +223,7 @@ MAIL = {"to": "ann@example.com", "subject": "Your order", "body": "It ships toda
 
 
 def test_sensitive_mail_is_sent_only_after_commit_and_once(world: TaskWorld) -> None:
-    sid, tid = world.session()
+    sid, tid = world.api.session()
     call = world.call(sid, "1", "mail.send_email", MAIL)
     assert call["status"] == "staged"
     time.sleep(1.0)  # five relay periods
@@ -254,7 +237,7 @@ def test_sensitive_mail_is_sent_only_after_commit_and_once(world: TaskWorld) -> 
 
 
 def test_mail_of_a_cancelled_turn_is_never_sent(world: TaskWorld) -> None:
-    sid, tid = world.session()
+    sid, tid = world.api.session()
     call = world.call(sid, "1", "mail.send_email", MAIL)
     world.api.post(f"/v1/sessions/{sid}/turns/{tid}/cancel", {}, expect=200)
     time.sleep(1.5)
@@ -264,7 +247,7 @@ def test_mail_of_a_cancelled_turn_is_never_sent(world: TaskWorld) -> None:
 
 def test_mail_is_sent_once_when_the_worker_is_killed_mid_send(world: TaskWorld) -> None:
     world.smtp.delay_s = 30.0  # the server sits on DATA: the worker is inside the tool
-    sid, tid = world.session()
+    sid, tid = world.api.session()
     call = world.call(sid, "1", "mail.send_email", MAIL)
     world.api.post(f"/v1/sessions/{sid}/turns/{tid}/commit", {}, expect=200)
     deadline = time.monotonic() + 20
@@ -310,11 +293,8 @@ def _broker_down_at_commit(pg_home: Path, ledger_url: str, smtp: LocalSmtp,
                   f"{proxy.port}/{url.database}")
         settings = task_settings(pg_home, ledger_url, smtp, booking, broker_url=broker)
         with _world(pg_home, ledger_url, settings) as (_worker, api):
-            created = api.post("/v1/sessions", {}, expect=201).json()
-            sid, tid = created["id"], created["turns"][0]["id"]
-            call = api.post(f"/v1/sessions/{sid}/calls", {
-                "tool": "mail.send_email", "client_call_id": "1", "arguments": MAIL},
-                expect=201).json()
+            sid, tid = api.session()
+            call = api.call(sid, "1", "mail.send_email", arguments=MAIL)
             proxy.down()
             turn = api.post(f"/v1/sessions/{sid}/turns/{tid}/commit", {}, expect=200).json()
             assert turn["status"] == "committed"
@@ -330,7 +310,7 @@ def _broker_down_at_commit(pg_home: Path, ledger_url: str, smtp: LocalSmtp,
 
 def _awaiting(world: TaskWorld, arguments: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """A mail of the approvals tenant, staged, its turn committed: (call, confirm token)."""
-    sid, tid = world.session()
+    sid, tid = world.api.session()
     staged = world.call(sid, "1", "mail.send_email", arguments)
     assert staged["status"] == "staged" and staged["requires_approval"]
     token = staged["confirm_token"]
@@ -385,11 +365,7 @@ def test_expired_approval_is_refused_then_denied_by_the_reaper(approver: TaskWor
 
     world = approver
     call, token = _awaiting(world, MAIL)
-    engine = create_engine(world.ledger_url, poolclass=NullPool)
-    with engine.begin() as conn:  # its time has passed
-        conn.execute(text("UPDATE calls SET approval_expires_at = now() - interval '1 second' "
-                          "WHERE id = :c"), {"c": call["id"]})
-    engine.dispose()
+    expire_approval(world.ledger_url, call["id"])
     late = world.api.post(f"/v1/calls/{call['id']}/approve", {"confirm_token": token},
                           expect=409).json()
     assert late["error"]["code"] == "approval_expired"

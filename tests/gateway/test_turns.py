@@ -177,8 +177,7 @@ def test_a_tool_cannot_end_the_turn_transaction(shop: Any) -> None:
     sid, tid = api.session()
     api.call(sid, 1, "create_order", arguments=ORDER)
     for cid, name in ((2, "commits"), (3, "rolls_back")):
-        bad = api.post(f"/v1/sessions/{sid}/calls", {"tool": f"bad.{name}",
-                                                    "client_call_id": cid}).json()
+        bad = api.call(sid, cid, f"bad.{name}")
         assert bad["status"] == "failed" and bad["error"]["code"] == "internal_error"
     turn = api.commit(sid, tid)
     assert [c["status"] for c in turn["calls"]] == ["committed", "failed", "failed"]
@@ -202,12 +201,10 @@ def test_a_safe_tool_cannot_leak_a_write(shop: Any) -> None:
     shop.runtime.settings.tool_database_urls["bad"] = shop.url  # the shop's database
     api, before = shop.api, shop_state(shop.url)
     sid, tid = api.session()
-    outside = api.post(f"/v1/sessions/{sid}/calls", {"tool": "bad.sneaky",
-                                                     "client_call_id": 1}).json()
+    outside = api.call(sid, 1, "bad.sneaky")
     assert outside["status"] == "failed" and "read-only" in outside["error"]["message"]
     api.call(sid, 2, "create_order", arguments=ORDER)
-    inside = api.post(f"/v1/sessions/{sid}/calls", {"tool": "bad.sneaky",
-                                                    "client_call_id": 3}).json()
+    inside = api.call(sid, 3, "bad.sneaky")
     assert inside["status"] == "succeeded"
     look = api.call(sid, 4, "get_order", arguments={"order_id": "LEAK"})
     assert look["status"] == "failed"  # gone already, even inside the turn

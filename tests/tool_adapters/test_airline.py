@@ -1,39 +1,45 @@
 """The airline adapter against τ²-bench's own airline environment, on a real Postgres.
 
 Every task's gold actions, and a set of hand-written edge cases, run twice: on τ²'s reference
-environment (``gateway.conformance.reference``) and through the adapter's tools the way the
-gateway's ``db`` runner calls them (a savepoint per call, rolled back on a ``ToolError``;
-sensitive tools preflighted first, as when they are staged). Each step's ok flag and output or
-error text must be identical, and so must τ²'s hash of the final database. τ²'s seed is loaded
-once per module; every scenario runs in a transaction that is rolled back.
+environment (``gateway.conformance.reference``, in another process meanwhile) and through the
+adapter's tools the way the gateway's ``db`` runner calls them (``tau2_support``). Each step's ok
+flag and output or error text must be identical, and so must τ²'s hash of the final database.
+τ²'s seed is loaded once per module; every scenario runs in a turn that is rolled back.
 """
 
 from __future__ import annotations
 
-import json
-import multiprocessing
-import uuid
-from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, create_engine, text
-from sqlalchemy.pool import NullPool
+from sqlalchemy import Engine
 
 from gateway.conformance import reference
-from gateway.tools.registry import load_registry
-from gateway.turns.holder import ToolSession
-from tests.conftest import named_database
+from tests.tool_adapters.tau2_support import (
+    Action,
+    Case,
+    Outcome,
+    Turn,
+    assert_classified_as_the_readme_says,
+    assert_typed_like_tau2,
+    differences,
+    differences_each_in_a_turn,
+    open_turn,
+    replayed_by_tau2,
+    seeded_engine,
+    task_cases,
+)
 from tool_adapters.airline import ADAPTER, schema
-from tool_adapters.airline.tau2data import export_tau2_db, load_tau2_db
-from tool_adapters.sdk import Effect, ToolContext, ToolError
+from tool_adapters.airline.tau2data import export_tau2_db
+from tool_adapters.sdk import Effect, ToolRetry
+
+pytest.importorskip("tau2")  # the reference side
 
 DOMAIN = "airline"
-TASKS = reference.tasks(DOMAIN)
+TASKS = task_cases(DOMAIN)
 
 # The README's classification table.
 EFFECTS = {
@@ -55,37 +61,25 @@ EFFECTS = {
 
 
 @pytest.fixture(scope="module")
-def tau2_runs() -> Iterator[dict[str, Future[Any]]]:
-    """τ²'s replay of every task and edge case, by id, worked out in another process while
-    ours run: τ²'s replays and hashes are half of this file's time."""
-    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-    try:
-        yield {task.id: pool.submit(reference.replay, DOMAIN, task)
-               for task in [*TASKS, *EDGE_CASES]}
-    finally:
-        pool.shutdown(cancel_futures=True)  # a failed run does not wait for the rest
+def tau2_runs() -> Iterator[Mapping[str, Future[reference.ReferenceRun]]]:
+    """τ²'s replay of every task and edge case, by id, started before anything else."""
+    with replayed_by_tau2(DOMAIN, [*EDGE_CASES, *TASKS]) as runs:
+        yield runs
 
 
 @pytest.fixture(scope="module")
-def loaded(pg_home: Path, tau2_runs: dict[str, Future[Any]]) -> Iterator[Connection]:
-    """One connection to a database holding τ²'s seed, committed once (τ²'s replays are
-    started first, so they run while the seed loads)."""
-    engine = create_engine(named_database(pg_home, "sg_airline"), poolclass=NullPool)
-    with engine.connect() as conn:
-        schema.metadata.drop_all(conn)
-        schema.metadata.create_all(conn)
-        load_tau2_db(conn, reference.seed_data(DOMAIN))
-        conn.commit()
-        yield conn
-    engine.dispose()
+def engine(pg_home: Path, tau2_runs: Mapping[str, Future[Any]]) -> Iterator[Engine]:
+    """A database holding τ²'s seed, committed once (τ²'s replays are started first, so they
+    run while the seed loads)."""
+    with seeded_engine(pg_home, DOMAIN) as engine:
+        yield engine
 
 
 @pytest.fixture
-def db(loaded: Connection) -> Iterator[Connection]:
-    """The seeded database inside a transaction that is rolled back afterwards."""
-    transaction = loaded.begin()
-    yield loaded
-    transaction.rollback()
+def turn(engine: Engine) -> Iterator[Turn]:
+    """A turn on the seeded database, rolled back afterwards."""
+    with open_turn(engine, ADAPTER) as turn:
+        yield turn
 
 
 @pytest.fixture(scope="module")
@@ -93,131 +87,22 @@ def seed_hash() -> str:
     return reference.db_hash(DOMAIN, reference.seed_data(DOMAIN))
 
 
-# -- running calls as the gateway does -----------------------------------------------------
-
-
-def _context(session: ToolSession) -> ToolContext:
-    return ToolContext(call_id=f"call-{uuid.uuid4().hex[:8]}", idempotency_key=uuid.uuid4().hex,
-                       tenant="tau2", session_id="session", turn_id="turn", db=session)
-
-
-def _in_savepoint(conn: Connection, run: Any, *, keep: bool) -> tuple[bool, Any]:
-    """``run(ctx)`` in a savepoint: kept on success if ``keep``, rolled back otherwise."""
-    savepoint = conn.begin_nested()
-    session = ToolSession(conn)
-    try:
-        value = run(_context(session))
-        session.flush()
-    except ToolError as error:
-        session.close()
-        savepoint.rollback()
-        return False, error.message
-    session.close()
-    if keep:
-        savepoint.commit()
-    else:
-        savepoint.rollback()
-    return True, value
-
-
-def call(conn: Connection, name: str, arguments: dict[str, Any]) -> tuple[bool, Any]:
-    """One tool call; a sensitive one is preflighted first, as the gateway does on staging."""
-    spec = ADAPTER.tool(name)
-    if spec.effect is Effect.SENSITIVE:
-        ok, refusal = _in_savepoint(conn, lambda ctx: spec.run_preflight(ctx, arguments),
-                                    keep=False)
-        if not ok:
-            return ok, refusal
-    return _in_savepoint(conn, lambda ctx: spec.invoke(ctx, arguments), keep=True)
-
-
-def as_tau2_reports(output: Any) -> str:
-    """An output as τ² hands it to the agent (text that is JSON is read as JSON), in a form
-    where 128 and 128.0 differ."""
-    if isinstance(output, str):
-        try:
-            output = json.loads(output)
-        except ValueError:
-            return json.dumps(output)
-    return json.dumps(output, sort_keys=True)
-
-
-@dataclass(frozen=True)
-class Comparison:
-    ours: list[tuple[bool, Any]]
-    theirs: Any  # reference.ReferenceRun
-    our_hash: str
-
-
-def our_hash(conn: Connection, seed_hash: str) -> str:
-    """τ²'s hash of our database. Postgres gives a transaction an id at its first write (even
-    one rolled back to a savepoint), so without one the tables still hold the committed seed
-    and the costly export is skipped."""
-    if conn.execute(text("SELECT pg_current_xact_id_if_assigned()")).scalar() is None:
-        return seed_hash
-    return reference.db_hash(DOMAIN, export_tau2_db(conn))
-
-
-def compare(conn: Connection, task: Any, seed_hash: str, theirs: Any) -> Comparison:
-    """Run the task's actions through our tools, to set beside ``theirs``, τ²'s run."""
-    ours = [call(conn, name, arguments) for name, arguments in reference.gold_actions(task)]
-    return Comparison(ours, theirs, our_hash(conn, seed_hash))
-
-
-def assert_same(comparison: Comparison) -> None:
-    theirs = comparison.theirs
-    for index, (step, (ok, output)) in enumerate(zip(theirs.steps, comparison.ours,
-                                                     strict=True)):
-        where = f"task {theirs.task_id!r} step {index} {step.name}({step.arguments})"
-        assert ok == step.ok, f"{where}: ok={ok} ({output!r}), τ² ok={step.ok} ({step.output!r})"
-        if ok:
-            assert as_tau2_reports(output) == as_tau2_reports(step.output), f"{where}: output"
-        else:
-            assert output == step.output, f"{where}: error text"
-    assert comparison.our_hash == theirs.db_hash, f"task {theirs.task_id!r}: final DB hash"
-
-
-def scenario(name: str, *actions: tuple[str, dict[str, Any]]) -> Any:
-    """A made-up task with these actions, shaped the way ``reference`` reads a τ² task."""
-    steps = [SimpleNamespace(name=tool, arguments=args) for tool, args in actions]
-    return SimpleNamespace(id=name, evaluation_criteria=SimpleNamespace(actions=steps))
-
-
 # -- the data and its classification -------------------------------------------------------
 
 
-def test_export_of_the_loaded_seed_hashes_like_tau2(db: Connection, seed_hash: str) -> None:
-    exported = export_tau2_db(db)
+def test_export_of_the_loaded_seed_hashes_like_tau2(turn: Turn, seed_hash: str) -> None:
+    exported = export_tau2_db(turn.conn)
     assert reference.db_hash(DOMAIN, exported) == seed_hash
     seed = reference.seed_data(DOMAIN)
     assert {k: len(v) for k, v in exported.items()} == {k: len(v) for k, v in seed.items()}
 
 
 def test_the_registry_sees_the_readme_classification() -> None:
-    registered = {tool.spec.name: tool for tool in load_registry([DOMAIN])}
-    assert {name: tool.spec.effect for name, tool in registered.items()} == EFFECTS
-    for name, tool in registered.items():
-        assert not tool.spec.requires_approval, name
-        assert (tool.spec.preflight is not None) == (tool.spec.effect is Effect.SENSITIVE), name
-    readme = (Path(__file__).parents[2] / "tool_adapters/airline/README.md").read_text()
-    for name, effect in EFFECTS.items():
-        assert f"| `{name}` | `{effect.value}` |" in readme, name
+    assert_classified_as_the_readme_says(DOMAIN, EFFECTS)
 
 
 def test_tool_names_and_arguments_are_tau2s() -> None:
-    from tau2.domains.airline.environment import get_environment
-
-    tau2_tools = get_environment().tools.get_tools()
-    assert {spec.name for spec in ADAPTER.tools} == set(tau2_tools)
-    for spec in ADAPTER.tools:
-        tau2_parameters = tau2_tools[spec.name].openai_schema["function"]["parameters"]
-        ours = spec.parameters
-        assert set(ours["properties"]) == set(tau2_parameters["properties"]), spec.name
-        assert sorted(ours["required"]) == sorted(tau2_parameters.get("required", [])), spec.name
-        for name, theirs in tau2_parameters["properties"].items():
-            mine = ours["properties"][name]
-            assert (mine.get("type"), mine.get("enum")) == (
-                theirs.get("type"), theirs.get("enum")), f"{spec.name}.{name}"
+    assert_typed_like_tau2(ADAPTER)
     assert ADAPTER.metadata is schema.metadata
     assert all(name.startswith("airline_") for name in schema.metadata.tables)
 
@@ -225,16 +110,12 @@ def test_tool_names_and_arguments_are_tau2s() -> None:
 # -- every τ² task ------------------------------------------------------------------------
 
 
-def test_every_task_replays_like_tau2(loaded: Connection, seed_hash: str,
-                                      tau2_runs: dict[str, Future[Any]]) -> None:
-    """All tasks in one test, each in its own transaction rolled back afterwards."""
+def test_every_task_replays_like_tau2(engine: Engine, seed_hash: str,
+                                      tau2_runs: Mapping[str, Future[Any]]) -> None:
+    """All tasks in one test, each in its own turn rolled back afterwards."""
     assert len(TASKS) == 50
-    for task in TASKS:
-        transaction = loaded.begin()
-        try:
-            assert_same(compare(loaded, task, seed_hash, tau2_runs[task.id].result()))
-        finally:
-            transaction.rollback()
+    problems = differences_each_in_a_turn(engine, ADAPTER, TASKS, tau2_runs, seed_hash)
+    assert problems == [], "\n".join(problems)
 
 
 # -- edge cases, each against τ² as well ---------------------------------------------------
@@ -243,6 +124,10 @@ SOPHIA = "sophia_silva_7557"  # gift card $274, certificates $500 and $150, a cr
 MOHAMED_TRIP = "K1NW8N"  # 3 passengers, basic economy, paid with gift_card_6136092 ($129)
 ECONOMY_HAT271 = {"flight_number": "HAT271", "date": "2024-05-26"}  # $174, 3 seats left
 PERSON = {"first_name": "Sophia", "last_name": "Silva", "dob": "1957-10-05"}
+
+
+def scenario(name: str, *actions: Action) -> Case:
+    return Case(name, list(actions))
 
 
 def booking(passengers: int = 1, cabin: str = "economy", flights: Any = None,
@@ -361,35 +246,35 @@ EDGE_CASES = [
 
 
 @pytest.mark.parametrize("case", EDGE_CASES, ids=lambda case: case.id)
-def test_edge_case_like_tau2(db: Connection, case: Any, seed_hash: str,
-                            tau2_runs: dict[str, Future[Any]]) -> None:
-    assert_same(compare(db, case, seed_hash, tau2_runs[case.id].result()))
+def test_edge_case_like_tau2(turn: Turn, case: Case, seed_hash: str,
+                            tau2_runs: Mapping[str, Future[Any]]) -> None:
+    problems = differences(turn, case, tau2_runs[case.id].result(), seed_hash)
+    assert problems == [], "\n".join(problems)
 
 
-def test_a_refused_write_leaves_the_database_as_it_was(db: Connection, seed_hash: str) -> None:
-    ok, message = call(db, *booking(flights=[{"flight_number": "HAT001",
-                                              "date": "2024-05-01"}]))
-    assert (ok, message) == (False, "Flight HAT001 not available on date 2024-05-01")
-    ok, message = call(db, *bags(3, "gift_card_6136092"))
-    assert (ok, message) == (False, "Gift card balance is not enough")
-    assert reference.db_hash(DOMAIN, export_tau2_db(db)) == seed_hash
+def test_a_refused_write_leaves_the_database_as_it_was(turn: Turn, seed_hash: str) -> None:
+    refused = turn.call(*booking(flights=[{"flight_number": "HAT001", "date": "2024-05-01"}]))
+    assert refused == Outcome(False, "Flight HAT001 not available on date 2024-05-01")
+    assert turn.call(*bags(3, "gift_card_6136092")) == Outcome(
+        False, "Gift card balance is not enough")
+    assert reference.db_hash(DOMAIN, export_tau2_db(turn.conn)) == seed_hash
 
 
-def test_a_preflight_checks_without_writing(db: Connection, seed_hash: str) -> None:
-    spec = ADAPTER.tool("book_reservation")
+def test_a_preflight_checks_without_writing(turn: Turn, seed_hash: str) -> None:
     good, bad = booking()[1], booking(**pay(("credit_card_4196779", 1)))[1]
-    assert _in_savepoint(db, lambda ctx: spec.run_preflight(ctx, good), keep=True) == (True, None)
-    assert _in_savepoint(db, lambda ctx: spec.run_preflight(ctx, bad), keep=True) == (
-        False, "Payment amount does not add up, total price is 174, but paid 1")
-    assert reference.db_hash(DOMAIN, export_tau2_db(db)) == seed_hash
+    assert turn.run("book_reservation", good, preflight=True, keep=True) is None
+    with pytest.raises(ToolRetry) as refused:
+        turn.run("book_reservation", bad, preflight=True, keep=True)
+    assert refused.value.message == (
+        "Payment amount does not add up, total price is 174, but paid 1")
+    assert reference.db_hash(DOMAIN, export_tau2_db(turn.conn)) == seed_hash
 
 
-def test_using_one_certificate_twice_fails_with_tau2s_text(db: Connection,
-                                                          seed_hash: str) -> None:
+def test_using_one_certificate_twice_fails_with_tau2s_text(turn: Turn, seed_hash: str) -> None:
     """τ² fails on the second use of a certificate it has just deleted, after changing some
     of the data; here the failed call leaves nothing, so only the text is compared."""
     twice = booking(2, **pay(("certificate_8045380", 200), ("certificate_8045380", 148)))
-    theirs = reference.replay(DOMAIN, scenario("certificate twice", twice)).steps[0]
+    theirs = reference.replay_actions(DOMAIN, [twice]).steps[0]
     assert (theirs.ok, theirs.output) == (False, "'certificate_8045380'")
-    assert call(db, *twice) == (False, "'certificate_8045380'")
-    assert reference.db_hash(DOMAIN, export_tau2_db(db)) == seed_hash
+    assert turn.call(*twice) == Outcome(False, "'certificate_8045380'")
+    assert reference.db_hash(DOMAIN, export_tau2_db(turn.conn)) == seed_hash

@@ -1,41 +1,49 @@
 """The retail adapter against τ²-bench's own retail environment, on a real Postgres.
 
-τ²'s seed data is loaded once into a database of this module; each scenario runs in a
-transaction rolled back at the end. Tools are called the way the gateway's ``db`` runner calls
-them: ``spec.invoke`` in a savepoint per call, rolled back when the tool raises a ``ToolError``;
-a sensitive tool's preflight runs first, as when the gateway stages the call. Every step's
-outcome and the final DB hash are compared with τ²'s replay of the same actions.
+τ²'s seed data is loaded once into a database of this module; each scenario runs in a turn
+rolled back at the end, its tools called the way the gateway's ``db`` runner calls them
+(``tau2_support``). Every step's outcome and the final DB hash are compared with τ²'s replay of
+the same actions, worked out in another process meanwhile.
 """
 
 from __future__ import annotations
 
-import json
-import re
 import time
-import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.pool import NullPool
 
 from gateway.conformance import reference
-from gateway.turns.holder import ToolSession
-from tests.conftest import named_database
+from tests.tool_adapters.tau2_support import (
+    Case,
+    Outcome,
+    Turn,
+    assert_classified_as_the_readme_says,
+    assert_typed_like_tau2,
+    db_hash,
+    differences,
+    differences_each_in_a_turn,
+    open_turn,
+    replayed_by_tau2,
+    seeded_engine,
+    task_cases,
+)
 from tool_adapters.retail import ADAPTER
-from tool_adapters.retail.tau2data import export_tau2_db, load_tau2_db
-from tool_adapters.sdk import Effect, Runner, ToolContext, ToolError, ToolFailed, ToolRetry
+from tool_adapters.retail.tau2data import export_tau2_db
+from tool_adapters.sdk import Effect, ToolContext, ToolError, ToolFailed, ToolRetry
+from tool_adapters.tau2_common.tau2data import user_positions
 
 pytest.importorskip("tau2")  # the reference side
 
 DOMAIN = "retail"
+TASKS = task_cases(DOMAIN)
 EFFECTS = {
     "calculate": Effect.SAFE,
     "find_user_id_by_email": Effect.SAFE,
@@ -56,139 +64,62 @@ EFFECTS = {
 
 
 @pytest.fixture(scope="module")
-def engine(pg_home: Path) -> Iterator[Engine]:
-    """A database holding τ²'s retail seed, loaded and committed once."""
-    engine = create_engine(named_database(pg_home, "sg_retail"), poolclass=NullPool)
-    with engine.begin() as conn:
-        ADAPTER.metadata.drop_all(conn)  # type: ignore[union-attr]
-        ADAPTER.metadata.create_all(conn)  # type: ignore[union-attr]
-        load_tau2_db(conn, reference.seed_data(DOMAIN))
-    yield engine
-    engine.dispose()
+def tau2_runs() -> Iterator[Mapping[str, Future[reference.ReferenceRun]]]:
+    """τ²'s replay of every task and scenario, by id, started before anything else."""
+    with replayed_by_tau2(DOMAIN, [*SCENARIOS, *TASKS]) as runs:
+        yield runs
 
 
 @pytest.fixture(scope="module")
-def shop(engine: Engine) -> Iterator[Connection]:
-    """The one connection the scenarios share."""
-    with engine.connect() as conn:
-        yield conn
+def engine(pg_home: Path, tau2_runs: Mapping[str, Future[Any]]) -> Iterator[Engine]:
+    """A database holding τ²'s retail seed, loaded and committed once."""
+    with seeded_engine(pg_home, DOMAIN) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="module")
+def seed_hash() -> str:
+    return reference.db_hash(DOMAIN, reference.seed_data(DOMAIN))
 
 
 @pytest.fixture
-def db(shop: Connection) -> Iterator[Connection]:
-    """The shop inside a transaction that is rolled back after the test."""
-    tx = shop.begin()
-    yield shop
-    tx.rollback()
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    ok: bool
-    output: Any  # JSON as τ²'s replay reports it, or the error message
-
-
-def _as_tau2_reports(value: Any) -> Any:
-    """τ² hands tools' text results over as JSON when they parse as JSON (e.g. '4.0')."""
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
-
-
-def run_tool(conn: Connection, name: str, arguments: dict[str, Any], *,
-             preflight: bool = False, keep: bool = True) -> Any:
-    """Run the tool (or its preflight) as the gateway's holder does: in a savepoint, rolled
-    back when it raises, and also afterwards unless ``keep``."""
-    spec = ADAPTER.tool(name)
-    savepoint = conn.begin_nested()
-    session = ToolSession(conn)
-    ctx = ToolContext(call_id=uuid.uuid4().hex, idempotency_key=uuid.uuid4().hex,
-                      tenant="t", session_id="s", turn_id="turn", db=session)
-    try:
-        value = spec.run_preflight(ctx, arguments) if preflight else spec.invoke(ctx, arguments)
-        session.flush()
-    except BaseException:
-        session.close()
-        savepoint.rollback()
-        raise
-    session.close()
-    if keep:
-        savepoint.commit()
-    else:
-        savepoint.rollback()
-    return value
-
-
-def call(conn: Connection, name: str, arguments: dict[str, Any]) -> Outcome:
-    """One tool call; a sensitive tool is preflighted first, like a staged call."""
-    try:
-        if ADAPTER.tool(name).preflight is not None:
-            run_tool(conn, name, arguments, preflight=True, keep=False)
-        value = run_tool(conn, name, arguments)
-    except ToolError as error:
-        return Outcome(False, error.message)
-    return Outcome(True, _as_tau2_reports(value))
-
-
-def db_hash(conn: Connection) -> str:
-    """τ²'s hash of the export taken as it is, without τ²'s model validating it first: equal
-    only if the export is exactly what τ² would dump (float types included), and quicker."""
-    from tau2.utils import get_dict_hash
-
-    return str(get_dict_hash(export_tau2_db(conn)))
-
-
-def scripted(task_id: str, actions: Sequence[tuple[str, dict[str, Any]]]) -> Any:
-    """A task-like object with these gold actions, for ``reference.replay``."""
-    gold = [SimpleNamespace(name=name, arguments=arguments) for name, arguments in actions]
-    return SimpleNamespace(id=task_id, evaluation_criteria=SimpleNamespace(actions=gold))
-
-
-def mismatches(conn: Connection, task: Any) -> list[str]:
-    """Run the task's gold actions here and in τ²; describe every difference."""
-    expected = reference.replay(DOMAIN, task)
-    assert expected.valid, f"task {expected.task_id}: {expected.problem}"
-    found: list[str] = []
-    for index, step in enumerate(expected.steps):
-        got = call(conn, step.name, step.arguments)
-        if (got.ok, got.output) != (step.ok, step.output):
-            found.append(f"task {expected.task_id} step {index} {step.name}({step.arguments}): "
-                         f"τ² {(step.ok, step.output)!r:.300} != "
-                         f"ours {(got.ok, got.output)!r:.300}")
-    if db_hash(conn) != expected.db_hash:
-        found.append(f"task {expected.task_id}: final DB hash differs")
-    return found
-
-
-def in_rolled_back_transaction(conn: Connection, task: Any) -> list[str]:
-    tx = conn.begin()
-    try:
-        return mismatches(conn, task)
-    finally:
-        tx.rollback()
+def turn(engine: Engine) -> Iterator[Turn]:
+    """A turn on the shop, rolled back after the test."""
+    with open_turn(engine, ADAPTER) as turn:
+        yield turn
 
 
 # --- the data -------------------------------------------------------------------------------
 
 
-def test_load_then_export_gives_tau2s_seed_hash(db: Connection) -> None:
+def test_load_then_export_gives_tau2s_seed_hash(turn: Turn, seed_hash: str) -> None:
     seed = reference.seed_data(DOMAIN)
-    assert reference.db_hash(DOMAIN, export_tau2_db(db)) == reference.db_hash(DOMAIN, seed)
-    assert db_hash(db) == reference.db_hash(DOMAIN, seed)
-    assert export_tau2_db(db) == reference.db_model(DOMAIN).model_validate(seed).model_dump()
+    assert reference.db_hash(DOMAIN, export_tau2_db(turn.conn)) == seed_hash
+    assert db_hash(turn.conn, DOMAIN) == seed_hash
+    assert export_tau2_db(turn.conn) == reference.normalized(DOMAIN, seed)
+
+
+def test_orders_must_be_listed_exactly_once_by_their_user() -> None:
+    """What ``load_tau2_db`` checks before it inserts an order (τ²'s data passes, above)."""
+    seed = reference.seed_data(DOMAIN)
+    user = next(iter(seed["users"].values()))
+    positions = user_positions(seed["users"], seed["orders"], "orders")
+    assert [positions[order_id] for order_id in user["orders"]] == list(range(len(user["orders"])))
+    for orders in (user["orders"][1:], [*user["orders"], user["orders"][0]]):
+        users = {**seed["users"], user["user_id"]: {**user, "orders": orders}}
+        with pytest.raises(ValueError, match="listed"):
+            user_positions(users, seed["orders"], "orders")
 
 
 # --- every task's gold actions ----------------------------------------------------------------
 
 
-def test_every_task_matches_tau2_step_by_step_and_in_the_final_hash(shop: Connection) -> None:
-    tasks = reference.tasks(DOMAIN)
-    problems = [problem for task in tasks for problem in in_rolled_back_transaction(shop, task)]
+def test_every_task_matches_tau2_step_by_step_and_in_the_final_hash(
+        engine: Engine, seed_hash: str, tau2_runs: Mapping[str, Future[Any]]) -> None:
+    """All tasks in one test, each in its own turn rolled back afterwards."""
+    problems = differences_each_in_a_turn(engine, ADAPTER, TASKS, tau2_runs, seed_hash)
     assert problems == [], "\n".join(problems)
-    assert len(tasks) == 114, "τ²'s retail task set changed: update this number"
+    assert len(TASKS) == 114, "τ²'s retail task set changed: update this number"
 
 
 # --- scripted scenarios: error paths and τ²'s quirks, checked against τ² the same way ---------
@@ -320,29 +251,30 @@ EXPRESSIONS = [
 ]
 CALCULATIONS = [("calculate", {"expression": expression}) for expression in EXPRESSIONS]
 
-SCENARIOS = {
-    "cancel": CANCEL,
-    "modify_items": MODIFY_ITEMS,
-    "modify_payment": MODIFY_PAYMENT,
-    "exchange_and_return": DELIVERED,
-    "lookups_and_addresses": LOOKUPS_AND_ADDRESSES,
-    "calculate": CALCULATIONS,
-}
+SCENARIOS = [
+    Case("cancel", CANCEL),
+    Case("modify_items", MODIFY_ITEMS),
+    Case("modify_payment", MODIFY_PAYMENT),
+    Case("exchange_and_return", DELIVERED),
+    Case("lookups_and_addresses", LOOKUPS_AND_ADDRESSES),
+    Case("calculate", CALCULATIONS),
+]
 
 
-@pytest.mark.filterwarnings("ignore::SyntaxWarning")  # τ²'s eval of "(2)(3)"
-@pytest.mark.parametrize("name", SCENARIOS)
-def test_scripted_scenario_matches_tau2(db: Connection, name: str) -> None:
-    problems = mismatches(db, scripted(name, SCENARIOS[name]))
+@pytest.mark.filterwarnings("ignore::SyntaxWarning")  # evaluating "(2)(3)"
+@pytest.mark.parametrize("case", SCENARIOS, ids=lambda case: case.id)
+def test_scripted_scenario_matches_tau2(turn: Turn, case: Case, seed_hash: str,
+                                        tau2_runs: Mapping[str, Future[Any]]) -> None:
+    problems = differences(turn, case, tau2_runs[case.id].result(), seed_hash)
     assert problems == [], "\n".join(problems)
 
 
-@pytest.mark.filterwarnings("ignore::SyntaxWarning")
-def test_the_scenarios_see_every_write_succeed_and_fail() -> None:
+def test_the_scenarios_see_every_write_succeed_and_fail(
+        tau2_runs: Mapping[str, Future[reference.ReferenceRun]]) -> None:
     """The scenarios cover success and refusal of every write tool (guards against edits
     that would quietly turn them into all-errors scripts)."""
-    outcomes = {(step.name, step.ok) for name, actions in SCENARIOS.items()
-                for step in reference.replay(DOMAIN, scripted(name, actions)).steps}
+    outcomes = {(step.name, step.ok) for case in SCENARIOS
+                for step in tau2_runs[case.id].result().steps}
     writes = [name for name, effect in EFFECTS.items() if effect is not Effect.SAFE]
     assert {(name, ok) for name in writes for ok in (True, False)} <= outcomes
 
@@ -350,25 +282,25 @@ def test_the_scenarios_see_every_write_succeed_and_fail() -> None:
 # --- targeted behaviour -----------------------------------------------------------------------
 
 
-def test_a_refused_write_says_why_in_tau2s_words_and_changes_nothing(db: Connection) -> None:
-    before = db_hash(db)
-    refused = call(db, "cancel_pending_order", {"order_id": "#W3113816",
-                                                "reason": "no longer needed"})
+def test_a_refused_write_says_why_in_tau2s_words_and_changes_nothing(turn: Turn) -> None:
+    before = db_hash(turn.conn, DOMAIN)
+    refused = turn.call("cancel_pending_order", {"order_id": "#W3113816",
+                                                 "reason": "no longer needed"})
     assert refused == Outcome(False, "Non-pending order cannot be cancelled")
     with pytest.raises(ToolFailed):  # the order's state rules it out: no retry helps
-        run_tool(db, "cancel_pending_order", {"order_id": "#W3113816",
-                                              "reason": "no longer needed"})
+        turn.run("cancel_pending_order", {"order_id": "#W3113816",
+                                          "reason": "no longer needed"})
     with pytest.raises(ToolRetry, match="^Order not found$"):  # the model can fix the id
-        run_tool(db, "get_order_details", {"order_id": "W3113816"})
-    assert db_hash(db) == before
+        turn.run("get_order_details", {"order_id": "W3113816"})
+    assert db_hash(turn.conn, DOMAIN) == before
 
 
-def test_a_refused_preflight_stages_nothing(db: Connection) -> None:
-    before = db_hash(db)
+def test_a_refused_preflight_stages_nothing(turn: Turn) -> None:
+    before = db_hash(turn.conn, DOMAIN)
     arguments = {"order_id": "#W2443586", "payment_method_id": "gift_card_2742113"}
     with pytest.raises(ToolRetry, match="^Insufficient gift card balance to pay for the order$"):
-        run_tool(db, "modify_pending_order_payment", arguments, preflight=True)
-    assert db_hash(db) == before
+        turn.run("modify_pending_order_payment", arguments, preflight=True)
+    assert db_hash(turn.conn, DOMAIN) == before
 
 
 GOOD_SENSITIVE_CALLS = {
@@ -390,71 +322,42 @@ def test_reads_and_preflights_run_in_a_read_only_transaction(engine: Engine) -> 
              "get_user_details": {"user_id": "ethan_lopez_6291"},
              "find_user_id_by_email": {"email": "ethan.lopez8943@example.com"},
              "list_all_product_types": {}}
-    with engine.connect() as conn, conn.begin():
-        conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+    with open_turn(engine, ADAPTER) as turn:
+        turn.conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+        assert turn.conn.exec_driver_sql("SHOW transaction_read_only").scalar() == "on"
         for name, arguments in reads.items():
-            run_tool(conn, name, arguments, keep=False)
+            turn.run(name, arguments, keep=False)
         for name, arguments in GOOD_SENSITIVE_CALLS.items():
-            run_tool(conn, name, arguments, preflight=True, keep=False)
+            turn.run(name, arguments, preflight=True, keep=False)
 
 
 def test_a_sensitive_call_locks_its_order_until_the_turn_ends(engine: Engine) -> None:
     arguments = GOOD_SENSITIVE_CALLS["cancel_pending_order"]
-    with engine.connect() as first, engine.connect() as second:  # closing rolls back
-        first.begin()
-        assert call(first, "cancel_pending_order", arguments).ok
-        second.begin()
-        second.exec_driver_sql("SET LOCAL lock_timeout = '100ms'")
+    with (open_turn(engine, ADAPTER) as first,
+          open_turn(engine, ADAPTER, lock_timeout_ms=100) as second):
+        assert first.call("cancel_pending_order", arguments).ok
         with pytest.raises(OperationalError, match="lock"):
-            call(second, "modify_pending_order_payment",
-                 GOOD_SENSITIVE_CALLS["modify_pending_order_payment"])
+            second.call("modify_pending_order_payment",
+                        GOOD_SENSITIVE_CALLS["modify_pending_order_payment"])
 
 
-def test_huge_powers_are_refused_instead_of_computed(db: Connection) -> None:
+def test_huge_powers_are_refused_instead_of_computed(turn: Turn) -> None:
     started = time.monotonic()
-    assert call(db, "calculate", {"expression": "9 ** 9 ** 9"}) == Outcome(
+    assert turn.call("calculate", {"expression": "9 ** 9 ** 9"}) == Outcome(
         False, "Expression too large to calculate")
-    assert call(db, "calculate", {"expression": "2 ** 1000 / 2 ** 999"}) == Outcome(True, 2.0)
+    assert turn.call("calculate", {"expression": "2 ** 1000 / 2 ** 999"}) == Outcome(True, "2.0")
     assert time.monotonic() - started < 1
 
 
 # --- classification and signatures ------------------------------------------------------------
 
 
-def _readme_effects() -> dict[str, str]:
-    readme = Path(__file__).parents[2] / "tool_adapters" / "retail" / "README.md"
-    rows = re.findall(r"^\| `(\w+)` \| `(\w+)` \|", readme.read_text(encoding="utf-8"), re.M)
-    return dict(rows)
-
-
 def test_the_registry_sees_the_effect_classes_the_readme_lists() -> None:
-    from gateway.tools.registry import Registry
-
-    registry = Registry([ADAPTER])
-    seen = {tool.spec.name: tool.describe()["effect"] for tool in registry}
-    assert seen == {name: effect.value for name, effect in EFFECTS.items()} == _readme_effects()
-    for tool in registry:
-        assert tool.spec.runner is Runner.DB
-        assert tool.spec.requires_approval is False
-        assert (tool.spec.preflight is not None) == (tool.spec.effect is Effect.SENSITIVE)
-
-
-def _shape(schema: dict[str, Any]) -> dict[str, Any]:
-    properties = {name: (field["type"], field.get("items"))
-                  for name, field in schema["properties"].items()}
-    return {"properties": properties, "required": sorted(schema.get("required", []))}
+    assert_classified_as_the_readme_says(DOMAIN, EFFECTS)
 
 
 def test_tools_are_named_and_typed_like_tau2s() -> None:
-    from tau2.domains.retail.environment import get_environment
-
-    theirs = {t.name: t.openai_schema["function"]["parameters"]
-              for t in get_environment().get_tools()}
-    ours = {spec.name: spec.parameters for spec in ADAPTER.tools}
-    assert sorted(ours) == sorted(theirs)
-    for name, parameters in ours.items():
-        assert _shape(parameters) == _shape(theirs[name]), name
-        assert ADAPTER.tool(name).description, name
+    assert_typed_like_tau2(ADAPTER)
 
 
 def _calculated(expression: str) -> Outcome:

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, insert
 
 from tool_adapters.airline import records, schema
+from tool_adapters.tau2_common.tau2data import user_positions
 
 Rows = list[dict[str, Any]]
 
@@ -20,7 +21,7 @@ Rows = list[dict[str, Any]]
 def load_tau2_db(conn: Connection, data: Mapping[str, Any]) -> None:
     """Insert τ²'s ``flights``, ``users`` and ``reservations`` into empty airline tables."""
     flights, users, reservations = data["flights"], data["users"], data["reservations"]
-    owners = _reservation_owners(users, reservations)
+    owners = user_positions(users, reservations, "reservations")
     batches: list[tuple[Table, Rows]] = [
         (schema.flights, [_flight_row(position, flight)
                           for position, flight in enumerate(flights.values())]),
@@ -47,22 +48,6 @@ def export_tau2_db(conn: Connection) -> dict[str, Any]:
     """The tables as a dict shaped like τ²'s ``db.json``."""
     return {"flights": records.flights(conn), "users": records.users(conn),
             "reservations": records.reservations(conn)}
-
-
-def _reservation_owners(users: Mapping[str, Any], reservations: Mapping[str, Any]
-                        ) -> dict[str, int]:
-    """Each reservation's place in its owner's list; refuses data the tables cannot hold."""
-    places: dict[str, int] = {}
-    for user in users.values():
-        for place, rid in enumerate(user["reservations"]):
-            if reservations.get(rid, {}).get("user_id") != user["user_id"] or rid in places:
-                raise ValueError(f"user {user['user_id']!r} lists reservation {rid!r}, "
-                                 "which is not one of theirs exactly once")
-            places[rid] = place
-    unlisted = sorted(set(reservations) - set(places))
-    if unlisted:
-        raise ValueError(f"reservations not listed by their user: {unlisted[:5]}")
-    return places
 
 
 def _flight_row(position: int, flight: Mapping[str, Any]) -> dict[str, Any]:

@@ -106,14 +106,8 @@ def get_flight_status(ctx: ToolContext, flight_number: str, date: str) -> str:
 # -- writes ----------------------------------------------------------------------------------
 
 
-def _check_booking(ctx: ToolContext, user_id: str, origin: str, destination: str,
-                   flight_type: FlightType, cabin: CabinClass, flights: list[FlightInfo],
-                   passengers: list[Passenger], payment_methods: list[Payment],
-                   total_baggages: int, nonfree_baggages: int, insurance: Insurance) -> None:
-    request = service.BookingRequest(user_id, origin, destination, flight_type, cabin, flights,
-                                     passengers, payment_methods, total_baggages,
-                                     nonfree_baggages, insurance)
-    service.plan_booking(ctx.session, request)
+def _check_booking(ctx: ToolContext, **arguments: Any) -> None:
+    service.plan_booking(ctx.session, service.BookingRequest(**arguments))
 
 
 @tool(effect="sensitive", preflight=_check_booking)

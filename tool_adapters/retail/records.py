@@ -55,12 +55,15 @@ def _children(table: Table, key: str, parent: ColumnElement[Any], element: Colum
 
 
 def _records(db: Executor, table: Table, key: str, element: ColumnElement[Any],
-             ids: Sequence[str] | None) -> list[Record]:
+             ids: Sequence[str] | None) -> dict[str, Record]:
+    """The rows of ``table`` with ``key`` among ``ids`` (all if None) as records keyed by their
+    ``key`` field, in ``position`` order."""
     query = select(cast(func.json_agg(aggregate_order_by(element, table.c.position)), Text))
     if ids is not None:
         query = query.where(table.c[key].in_(ids))
     found = db.execute(query).scalar()
-    return [] if found is None else list(json.loads(found, parse_int=float))
+    return {} if found is None else {record[key]: record
+                                     for record in json.loads(found, parse_int=float)}
 
 
 _VARIANT = _object(item_id=variants.c.item_id, options=variants.c.options,
@@ -77,9 +80,9 @@ _PRODUCT = _object(
 def product_records(db: Executor, product_ids: Sequence[str] | None = None) -> dict[str, Record]:
     """Products with their variants, keyed by product id, in catalogue order."""
     found = _records(db, products, "product_id", _PRODUCT, product_ids)
-    for product in found:
+    for product in found.values():
         product["variants"] = {v["item_id"]: v for v in product["variants"]}
-    return {product["product_id"]: product for product in found}
+    return found
 
 
 # Each kind of payment method has its own fields; the others are NULL, and dropped.
@@ -104,9 +107,9 @@ _USER = _object(
 def user_records(db: Executor, user_ids: Sequence[str] | None = None) -> dict[str, Record]:
     """Users with their payment methods and the ids of their orders, keyed by user id."""
     found = _records(db, users, "user_id", _USER, user_ids)
-    for user in found:
+    for user in found.values():
         user["payment_methods"] = {m["id"]: m for m in user["payment_methods"]}
-    return {user["user_id"]: user for user in found}
+    return found
 
 
 _ITEM = _object(name=order_items.c.name, product_id=order_items.c.product_id,
@@ -141,5 +144,4 @@ _ORDER = _object(
 
 def order_records(db: Executor, order_ids: Sequence[str] | None = None) -> dict[str, Record]:
     """Orders with their items, fulfilments and payment history, keyed by order id."""
-    return {order["order_id"]: order
-            for order in _records(db, orders, "order_id", _ORDER, order_ids)}
+    return _records(db, orders, "order_id", _ORDER, order_ids)

@@ -24,6 +24,7 @@ from tool_adapters.retail.schema import (
     users,
     variants,
 )
+from tool_adapters.tau2_common.tau2data import user_positions
 
 Rows = list[dict[str, Any]]
 
@@ -62,22 +63,6 @@ def _user_rows(data: Mapping[str, Any]) -> Iterator[tuple[Table, Rows]]:
                             for u in people for i, m in enumerate(u["payment_methods"].values())]
 
 
-def _user_positions(data: Mapping[str, Any]) -> dict[str, int]:
-    """Each order's place in its user's list; every order must be listed by its own user."""
-    positions: dict[str, int] = {}
-    for user in data["users"].values():
-        for position, order_id in enumerate(user["orders"]):
-            owner = data["orders"].get(order_id, {}).get("user_id")
-            if owner != user["user_id"] or order_id in positions:
-                raise ValueError(f"order {order_id!r} is listed by user {user['user_id']!r}, "
-                                 f"but belongs to {owner!r} or is listed twice")
-            positions[order_id] = position
-    missing = sorted(set(data["orders"]) - set(positions))
-    if missing:
-        raise ValueError(f"orders {missing[:5]} are not listed by their users")
-    return positions
-
-
 def _order_row(order: Mapping[str, Any], position: int, user_position: int) -> dict[str, Any]:
     difference = order.get("exchange_price_difference")
     return {
@@ -95,8 +80,8 @@ def _order_row(order: Mapping[str, Any], position: int, user_position: int) -> d
 
 def _order_rows(data: Mapping[str, Any]) -> Iterator[tuple[Table, Rows]]:
     placed = list(data["orders"].values())
-    user_positions = _user_positions(data)
-    yield orders, [_order_row(o, i, user_positions[o["order_id"]]) for i, o in enumerate(placed)]
+    owners = user_positions(data["users"], data["orders"], "orders")
+    yield orders, [_order_row(o, i, owners[o["order_id"]]) for i, o in enumerate(placed)]
     yield order_items, [
         {"order_id": o["order_id"], "position": i, "item_id": item["item_id"],
          "product_id": item["product_id"], "name": item["name"],

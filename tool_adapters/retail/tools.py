@@ -9,6 +9,8 @@ order's state rules the action out.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -151,15 +153,20 @@ def modify_user_address(ctx: ToolContext, user_id: str, address1: str, address2:
 
 
 # --- sensitive writes: money moves or the customer is committed; staged until commit ---------
-# Each preflight is the tool's own check without locks or writes, so a call the shop would
-# refuse is refused with τ²'s words when it is staged; the tool checks again when it runs.
 
 
-def _check_cancel(ctx: ToolContext, order_id: str, reason: str) -> None:
-    service.check_cancel(ctx.session, order_id, reason, lock=False)
+def _preflight(check: Callable[..., object]) -> Callable[..., None]:
+    """A sensitive tool's preflight: its service check (which takes the tool's arguments by
+    name) without locks or writes, so a call the shop would refuse is refused with τ²'s words
+    when it is staged; the tool runs the same check again, locking, when it runs."""
+
+    def preflight(ctx: ToolContext, **arguments: Any) -> None:
+        check(ctx.session, **arguments, lock=False)
+
+    return preflight
 
 
-@tool(effect="sensitive", preflight=_check_cancel)
+@tool(effect="sensitive", preflight=_preflight(service.check_cancel))
 def cancel_pending_order(ctx: ToolContext, order_id: str, reason: str) -> Record:
     """Cancel a pending order (not one already processed or delivered) and refund it: at once
     to a gift card, in 5-7 business days to other payment methods. Explain the cancellation and
@@ -174,13 +181,7 @@ def cancel_pending_order(ctx: ToolContext, order_id: str, reason: str) -> Record
     return service.load_order(ctx.session, order_id)
 
 
-def _check_modify_items(ctx: ToolContext, order_id: str, item_ids: list[str],
-                        new_item_ids: list[str], payment_method_id: str) -> None:
-    service.check_modify_items(ctx.session, order_id, item_ids, new_item_ids, payment_method_id,
-                               lock=False)
-
-
-@tool(effect="sensitive", preflight=_check_modify_items)
+@tool(effect="sensitive", preflight=_preflight(service.check_modify_items))
 def modify_pending_order_items(ctx: ToolContext, order_id: str, item_ids: list[str],
                                new_item_ids: list[str], payment_method_id: str) -> Record:
     """Swap items of a pending order for other variants of the same products, charging or
@@ -203,11 +204,7 @@ def modify_pending_order_items(ctx: ToolContext, order_id: str, item_ids: list[s
     return service.load_order(ctx.session, order_id)
 
 
-def _check_modify_payment(ctx: ToolContext, order_id: str, payment_method_id: str) -> None:
-    service.check_modify_payment(ctx.session, order_id, payment_method_id, lock=False)
-
-
-@tool(effect="sensitive", preflight=_check_modify_payment)
+@tool(effect="sensitive", preflight=_preflight(service.check_modify_payment))
 def modify_pending_order_payment(ctx: ToolContext, order_id: str,
                                  payment_method_id: str) -> Record:
     """Pay a pending order with another of the customer's payment methods: the new one is
@@ -224,13 +221,7 @@ def modify_pending_order_payment(ctx: ToolContext, order_id: str,
     return service.load_order(ctx.session, order_id)
 
 
-def _check_exchange(ctx: ToolContext, order_id: str, item_ids: list[str],
-                    new_item_ids: list[str], payment_method_id: str) -> None:
-    service.check_exchange(ctx.session, order_id, item_ids, new_item_ids, payment_method_id,
-                           lock=False)
-
-
-@tool(effect="sensitive", preflight=_check_exchange)
+@tool(effect="sensitive", preflight=_preflight(service.check_exchange))
 def exchange_delivered_order_items(ctx: ToolContext, order_id: str, item_ids: list[str],
                                    new_item_ids: list[str], payment_method_id: str) -> Record:
     """Request an exchange of delivered items for other variants of the same products; the
@@ -253,12 +244,7 @@ def exchange_delivered_order_items(ctx: ToolContext, order_id: str, item_ids: li
     return service.load_order(ctx.session, order_id)
 
 
-def _check_return(ctx: ToolContext, order_id: str, item_ids: list[str],
-                  payment_method_id: str) -> None:
-    service.check_return(ctx.session, order_id, item_ids, payment_method_id, lock=False)
-
-
-@tool(effect="sensitive", preflight=_check_return)
+@tool(effect="sensitive", preflight=_preflight(service.check_return))
 def return_delivered_order_items(ctx: ToolContext, order_id: str, item_ids: list[str],
                                  payment_method_id: str) -> Record:
     """Request a return of delivered items, refunded to the original payment method or to a
