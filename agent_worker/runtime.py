@@ -10,7 +10,10 @@ the generation task). The loop takes one event at a time:
   cancelled (its stream closed), what the model finished is kept — a think cut short is closed
   with ``</think_interrupted>``, a half-written action is dropped — the event is injected, and
   a new step starts on the longer transcript; while the model is idle, the event is injected
-  and starts a step;
+  and starts a step. An event that arrives while the model is inside a ``<tool_call>`` or
+  ``<remove>`` waits until that action is complete (``AgentConfig.finish_actions``): cutting it
+  would throw away a call the model is a few tokens from finishing and pay a whole new step
+  (first-token latency included) to write it again;
 - a malformed step (bad JSON, unknown tag or tool, non-growing new id, a stream that stops
   inside a tag, an answer before the user finished) is answered with ``<error>`` and a new
   step; ``max_errors`` in a row fail the turn.
@@ -63,6 +66,8 @@ from agent_worker.protocol import (
 )
 from agent_worker.trace import Trace
 from agent_worker.turn import AgentConfig, CommitDone, Generation, TurnResult, TurnState
+
+ACTION_TAGS = frozenset({"tool_call", "remove"})
 
 __all__ = ["Agent", "AgentConfig", "TurnResult"]
 
@@ -147,6 +152,7 @@ class Agent:
                 await self._on_done(state)
             else:
                 raise BackendError(f"model backend {self.backend.name!r} failed: {event.error}")
+            await self._release_held_back(state)
             return
         external: External | None = event
         if isinstance(event, UserChunk):
@@ -158,9 +164,31 @@ class Agent:
             state.deferred.append(external)
             self.trace.add("deferred", text=render(external))
             return
+        if state.generation is not None and self._writing_action(state.generation):
+            state.held_back.append(external)
+            self.trace.add("held_back", text=render(external))
+            return
         if state.generation is not None:
             await self._interrupt(state)
         self._inject(render(external), state)
+
+    def _writing_action(self, generation: Generation) -> bool:
+        return self.config.finish_actions and generation.parser.incomplete in ACTION_TAGS
+
+    async def _release_held_back(self, state: TurnState) -> None:
+        """Events held back while the model wrote an action, once it is written (or the step
+        ended): the model is interrupted then, and sees them in arrival order."""
+        generation = state.generation
+        if not state.held_back or (generation is not None and self._writing_action(generation)):
+            return
+        events, state.held_back = state.held_back, []
+        if generation is not None and generation.answering:
+            state.deferred.extend(events)
+            return
+        if generation is not None:
+            await self._interrupt(state)
+        for event in events:
+            self._inject(render(event), state)
 
     def _user_chunk(self, chunk: UserChunk, state: TurnState) -> UserChunk | None:
         self.trace.add("user_chunk", text=chunk.text, final=chunk.final,

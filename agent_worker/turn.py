@@ -20,6 +20,10 @@ class AgentConfig:
     max_steps: int = 200  # per user turn: a model that never answers fails the turn
     tool_latency: ToolLatency | None = None  # injected (declared) tool latency, DESIGN §7
     instructions: str | None = None  # appended to the system prompt
+    # An event that arrives while the model writes a <tool_call> or <remove> waits until that
+    # action is complete (a few tokens) instead of cutting it: a call cut off is written again
+    # from scratch in the next step, which costs a slow model its whole first token latency.
+    finish_actions: bool = True
 
 
 @dataclass
@@ -62,7 +66,8 @@ class TurnState:
     generation: Generation | None = None
     commit: asyncio.Task[list[External]] | None = None
     reported: list[External] = field(default_factory=list)  # by the commit-point commit
-    deferred: list[External] = field(default_factory=list)
+    deferred: list[External] = field(default_factory=list)  # until the answer is given
+    held_back: list[External] = field(default_factory=list)  # until the action is written
     buffered: list[str] = field(default_factory=list)  # sync mode: words before the final
     answer: str | None = None
     answer_started_at: float | None = None

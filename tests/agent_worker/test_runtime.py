@@ -87,13 +87,30 @@ def test_interrupt_mid_think_keeps_the_thought_and_injects_the_chunk(world: Worl
     assert "maybe coffee" not in run.model.shown(-1)
 
 
-def test_interrupt_drops_a_half_written_call(world: World) -> None:
+def _half_written_call(world: World, config: AgentConfig | None = None) -> Run:
     half, rest = call(1, "create_order", customer="Bob").split('"name"')
-    run = world.run([
+    return world.run([
         on("This is", half, '"name"' + rest, every=0.5),
         on("Ann", call(1, "create_order", customer="Ann")),
         on("<final_query_update>", "<answer>", "Order opened for Ann.", "</answer>"),
-    ], [(0.5, "This is"), (0.8, "Ann"), (1.5, "thanks.")])
+    ], [(0.5, "This is"), (0.8, "Ann"), (1.5, "thanks.")], config)
+
+
+def test_an_event_waits_for_the_call_being_written_then_interrupts(world: World) -> None:
+    run = _half_written_call(world)
+    _ok(run)
+    held = run.trace.first("held_back")
+    assert held is not None and "Ann" in held["text"]
+    # the call was finished (Bob), then the user's words were shown and the call amended
+    assert [c["arguments"] for c in run.calls()] == [{"customer": "Bob"}, {"customer": "Ann"}]
+    interrupt = run.trace.first("interrupt")
+    assert interrupt is not None and interrupt["in_tag"] is None and interrupt["dropped"] == ""
+    assert '"customer": "Bob"' in run.model.shown(1).replace('":"', '": "')
+    assert [o["customer"] for o in world.shop()["demo_orders"]] == ["Ann"]
+
+
+def test_interrupt_drops_a_half_written_call(world: World) -> None:
+    run = _half_written_call(world, AgentConfig(finish_actions=False))
     _ok(run)
     assert [c["arguments"] for c in run.calls()] == [{"customer": "Ann"}]
     interrupt = run.trace.first("interrupt")
