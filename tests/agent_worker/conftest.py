@@ -97,6 +97,9 @@ class World:
                 await run.agent.close()
                 run.session = await gateway.session(run.agent.graph.session_id)
                 await gateway.aclose()
+                close = getattr(run.backend, "aclose", None)
+                if close is not None:  # a backend holding a connection (Realtime)
+                    await close()
         return run
 
     def shop(self) -> dict[str, list[dict[str, Any]]]:
