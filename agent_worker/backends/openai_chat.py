@@ -36,6 +36,11 @@ class OpenAIChatBackend:
         key = api_key or os.environ.get("OPENAI_API_KEY") or "not-needed"
         return cls(AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0), model, **options)
 
+    def _message(self, error: APIError) -> str:
+        """The client's summary hides what the server said ("Error code: 400"); add its body."""
+        detail = f" ({error.body})" if error.body else ""
+        return f"{self.model!r}: {error}{detail}"
+
     async def stream(self, context: Context) -> AsyncGenerator[str, None]:
         messages = cast(list[ChatCompletionMessageParam], context.messages())
         try:
@@ -43,13 +48,13 @@ class OpenAIChatBackend:
                 model=self.model, messages=messages, stream=True,
                 temperature=self.temperature, max_tokens=self.max_tokens)
         except APIError as error:
-            raise BackendError(f"{self.model!r}: {error}") from error
+            raise BackendError(self._message(error)) from error
         try:
             async for chunk in response:
                 for choice in chunk.choices:
                     if choice.delta is not None and choice.delta.content:
                         yield choice.delta.content
         except APIError as error:
-            raise BackendError(f"{self.model!r}: {error}") from error
+            raise BackendError(self._message(error)) from error
         finally:
             await response.close()

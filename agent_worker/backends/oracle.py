@@ -69,8 +69,15 @@ class OracleTask:
         calls = tuple(protocol.ToolCall(int(c["id"]), str(c["name"]), dict(c.get("arguments", {})),
                                         tuple(int(d) for d in c.get("depends_on", [])))
                       for c in data["calls"])
+        at_final = data.get("at_final")
         return cls(str(data["utterance"]), calls, str(data.get("answer", "Done.")),
-                   str(data.get("name", "task")))
+                   str(data.get("name", "task")),
+                   at_final=None if at_final is None else frozenset(str(v) for v in at_final),
+                   after={int(k): tuple(int(d) for d in v)
+                          for k, v in data.get("after", {}).items()},
+                   corrections=tuple(Correction(str(c["wrong"]), str(c["right"]))
+                                     for c in data.get("corrections", [])),
+                   ordered=frozenset(int(i) for i in data.get("ordered", [])))
 
     @classmethod
     def load(cls, path: Path) -> OracleTask:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from agent_worker import inputs, protocol
-from agent_worker.backends.oracle import OracleBackend, OracleTask
+from agent_worker.backends.oracle import Correction, OracleBackend, OracleTask
 from agent_worker.clock import VirtualClock
 from agent_worker.model import Context, LatencyProfile, profile
 from agent_worker.runtime import AgentConfig
@@ -130,3 +130,17 @@ def test_speculative_oracle_beats_the_synchronous_baseline_with_the_same_outcome
     last_word = speculative.result.last_word_at
     assert all(r["t"] < last_word for r in speculative.trace.of("call_posted"))  # type: ignore[operator]
     assert all(c["status"] == "committed" for c in speculative.calls() + baseline.calls())
+
+
+def test_a_task_file_sets_every_field_of_the_oracle_task() -> None:
+    task = OracleTask.from_json({
+        "utterance": "I am Ann, cancel order 7, no, order 8", "answer": "Done.",
+        "calls": [{"id": 1, "name": "demo.find", "arguments": {"customer": "Ann"}},
+                  {"id": 2, "name": "demo.cancel", "arguments": {"order": "8"},
+                   "depends_on": [1]}],
+        "at_final": ["8"], "after": {"2": [1]}, "ordered": [2],
+        "corrections": [{"wrong": "7", "right": "8"}]})
+    assert task.at_final == frozenset({"8"}) and task.after == {2: (1,)}
+    assert task.ordered == frozenset({2})
+    assert task.corrections == (Correction("7", "8"),)
+    assert task.calls[1].depends_on == (1,)
