@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from agent_worker.cli import agent
+from agent_worker.training.data import make_command as data_make_command
 from gateway.config import get_settings
 
 app = typer.Typer(help="specgate: speculative tool calls, held until the user is done.",
@@ -19,9 +20,12 @@ bench_app = typer.Typer(help="Benchmarks (numbers measured side by side in one r
                         no_args_is_help=True)
 conformance_app = typer.Typer(help="Conformance against public benchmarks, graded by their "
                               "own checkers.", no_args_is_help=True)
+data_app = typer.Typer(help="Training data for local models (clock-based SFT samples).",
+                       no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(bench_app, name="bench")
 app.add_typer(conformance_app, name="conformance")
+app.add_typer(data_app, name="data")
 console = Console()
 T = TypeVar("T")
 
@@ -174,14 +178,32 @@ def bench_tau2(
             help="Injected tool latency per call in seconds: 0.5-1 (uniform) or 0.7.")
                                 ] = "0.5-1",
         seed: Annotated[int, typer.Option(help="Seed of the injected tool latency.")] = 0,
-        home: str = ".specgate/bench-tau2") -> None:
+        home: str = ".specgate/bench-tau2",
+        model: Annotated[str | None, typer.Option(
+            help="A local model (directory or .gguf) for the speculative runs instead of the "
+            "oracle, e.g. specgate train's async fine-tune (its out/final).")] = None,
+        baseline_model: Annotated[str | None, typer.Option(
+            help="A local model for the baseline runs (e.g. the sync fine-tune); default: "
+            "--model.")] = None,
+        held_out: Annotated[str | None, typer.Option(
+            help="Only the domain's tasks in the test split of this specgate data make "
+            "output (directory or manifest.json).")] = None,
+        device: Annotated[str | None, typer.Option(
+            help="Device of the local models (cuda, cpu…); default: CUDA when present.")
+                          ] = None,
+        max_new_tokens: Annotated[int, typer.Option(
+            help="Most tokens a local model writes per step.")] = 256) -> None:
     """Streaming replay of τ² tasks: the synchronous baseline and the speculative agent side by
     side through a real gateway, graded by τ²'s DB hash; post-turn latency, speedup, ideal
-    bound. Exits 1 when the speculative runs are less accurate than the baseline."""
+    bound. With --model, a real local model (its measured compute time on the simulated clock)
+    instead of the oracle. Exits 1 when the speculative runs are less accurate than the
+    baseline."""
     from agent_worker.bench import tau2_run
 
-    _run_tau2(lambda: tau2_run.options_from(domain, corrections, profile, tasks, task_id or [],
-                                            tool_latency, seed, out, home), tau2_run.main)
+    _run_tau2(lambda: tau2_run.options_from(
+        domain, corrections, profile, tasks, task_id or [], tool_latency, seed, out, home,
+        model=model, baseline_model=baseline_model, held_out=held_out, device=device,
+        max_new_tokens=max_new_tokens), tau2_run.main)
 
 
 @conformance_app.command("tau2")
@@ -203,6 +225,7 @@ def conformance_tau2(
 
 
 app.command("agent")(agent)
+data_app.command("make")(data_make_command)
 
 
 def main() -> None:
