@@ -43,7 +43,7 @@ from agent_worker.calls import ToolLatency
 from agent_worker.clock import VirtualClock
 from agent_worker.errors import AgentError
 from agent_worker.gateway_client import GatewayClient
-from agent_worker.model import LatencyProfile, profile
+from agent_worker.model import Backend, LatencyProfile, profile
 from agent_worker.protocol import ToolCall
 from agent_worker.runtime import AgentConfig
 from agent_worker.session import Source, latency_range, run_session
@@ -51,6 +51,7 @@ from agent_worker.trace import Trace
 from gateway.localserver import exit_on_sigterm
 
 SESSION_WALL_LIMIT_S = 300.0  # a session that hangs (a bug) fails its task, not the run
+LOCAL_SESSION_WALL_LIMIT_S = 1800.0
 
 
 @dataclass(frozen=True)
@@ -64,10 +65,26 @@ class Options:
     seed: int = 0
     out: Path | None = None
     home: Path = Path(".specgate/bench-tau2")
+    model: Path | None = None  # a local model for the speculative runs (else the oracle)
+    baseline_model: Path | None = None  # for the baseline runs; default: ``model``
+    device: str | None = None  # of the local models; default: CUDA when present, else CPU
+    max_new_tokens: int = 256  # per step of a local model
 
     @property
     def latency_profile(self) -> LatencyProfile:
         return profile(self.profile)
+
+    def model_for(self, mode: str) -> Path | None:
+        """The local model of ``mode``'s runs, or None for the oracle."""
+        if mode == "baseline":
+            return self.baseline_model or self.model
+        return self.model
+
+    @property
+    def session_limit_s(self) -> float:
+        """Wall time a session may take: a real model on a CPU needs far longer than the
+        oracle; past it the task fails (a hang must not stop the run)."""
+        return SESSION_WALL_LIMIT_S if self.model is None else LOCAL_SESSION_WALL_LIMIT_S
 
 
 def stable_latency(low: float, high: float, seed: int, salt: str) -> ToolLatency:
@@ -130,16 +147,43 @@ class TaskRow:
 
 def options_from(domain: str, corrections: bool, profile_name: str, tasks: int | None,
                  task_ids: list[str], tool_latency: str, seed: int, out: str | None,
-                 home: str) -> Options:
+                 home: str, model: str | None = None, baseline_model: str | None = None,
+                 held_out: str | None = None, device: str | None = None,
+                 max_new_tokens: int = 256) -> Options:
     """The command line's choices, checked (``ValueError`` names the offending option)."""
+    from agent_worker.local import weights
     from gateway.conformance.run import options_from as conformance_options
 
+    if baseline_model is not None and model is None:
+        raise ValueError("--baseline-model needs --model (the speculative runs' model)")
+    if held_out is not None:
+        task_ids = [*task_ids, *held_out_ids(Path(held_out), domain)]
     checked = conformance_options(domain, tasks, task_ids, False, None, home)
     profile(profile_name)
+    try:
+        paths = [None if p is None else weights.source(p).path for p in (model, baseline_model)]
+    except weights.WeightsError as error:
+        raise ValueError(str(error)) from error
     return Options(domain=domain, corrections=corrections, profile=profile_name,
                    tasks=checked.tasks, task_ids=checked.task_ids,
                    tool_latency=latency_range(tool_latency), seed=seed,
-                   out=Path(out) if out else None, home=Path(home))
+                   out=Path(out) if out else None, home=Path(home), model=paths[0],
+                   baseline_model=paths[1], device=device, max_new_tokens=max_new_tokens)
+
+
+def held_out_ids(manifest: Path, domain: str) -> list[str]:
+    """The τ² task ids of ``domain`` in the test split of a ``specgate data make`` manifest
+    (the directory or its manifest.json)."""
+    path = manifest / "manifest.json" if manifest.is_dir() else manifest
+    try:
+        keys = json.loads(path.read_text())["split"]["test"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"--held-out {manifest}: not a data manifest ({error})") from error
+    prefix = f"tau2-{domain}-"
+    ids = [key[len(prefix):] for key in keys if key.startswith(prefix)]
+    if not ids:
+        raise ValueError(f"--held-out {manifest}: its test split has no {domain} task")
+    return ids
 
 
 class Harness:
@@ -151,6 +195,7 @@ class Harness:
         self.prepared, self.gateway_url = prepared, gateway_url
         self.machine, self.effects, self.domain = machine, effects, domain
         self._ahead: Any = None  # gateway.conformance.reference.ReplaysAhead, once needed
+        self._models: dict[Path, tuple[Any, Any]] = {}  # local models, loaded once
 
     def reference(self, index: int) -> Any:
         """τ²'s replay of task ``index`` (of the prepared tasks)."""
@@ -163,6 +208,22 @@ class Harness:
     def close(self) -> None:
         if self._ahead is not None:
             self._ahead.close()  # stops τ²'s worker process
+
+    def _backend(self, mode: str, oracle: OracleTask, clock: VirtualClock,
+                 options: Options) -> Backend:
+        """The oracle (declared cost), or a local model whose measured compute time is charged
+        to the session's simulated clock (speech and tools stay simulated)."""
+        path = options.model_for(mode)
+        if path is None:
+            return OracleBackend(oracle, clock, options.latency_profile,
+                                 parallel=mode == "speculative")
+        from agent_worker.backends.local import LocalBackend
+        from agent_worker.local import weights
+
+        if path not in self._models:
+            self._models[path] = weights.load(path, device=options.device)
+        model, tokenizer = self._models[path]
+        return LocalBackend(model, tokenizer, clock=clock, max_new_tokens=options.max_new_tokens)
 
     def stream_task(self, index: int, corrections: bool) -> tuple[StreamTask, Any]:
         task, ref = self.prepared.tasks[index], self.reference(index)
@@ -222,8 +283,7 @@ class Harness:
         seeder.reset()
         clock = VirtualClock()
         gateway, trace = GatewayClient(http, clock), Trace(clock)
-        backend = OracleBackend(oracle, clock, options.latency_profile,
-                                parallel=mode == "speculative")
+        backend = self._backend(mode, oracle, clock, options)
         config = AgentConfig(mode="sync" if mode == "baseline" else "speculative",
                              tool_latency=latency)
         result = ModeResult(mode)
@@ -232,7 +292,7 @@ class Harness:
             outcome = await asyncio.wait_for(run_session(
                 gateway, backend, clock, _source(stream), config=config, trace=trace,
                 metadata={"bench": "tau2", "task": stream.task_id, "mode": mode}),
-                SESSION_WALL_LIMIT_S)
+                options.session_limit_s)
         except (AgentError, TimeoutError) as error:
             result.error = f"{type(error).__name__}: {error}"
         else:
@@ -299,8 +359,8 @@ def plan(stream: StreamTask, latency: ToolLatency, model: LatencyProfile) -> ide
 
 
 def _label(options: Options) -> str:
-    return (f"{options.domain} · {options.profile}"
-            + (" · corrections" if options.corrections else ""))
+    who = options.profile if options.model is None else f"model {options.model.name}"
+    return f"{options.domain} · {who}" + (" · corrections" if options.corrections else "")
 
 
 @contextmanager

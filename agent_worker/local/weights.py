@@ -93,7 +93,7 @@ def load(path: str | Path, *, device: str | None = None, dtype: Any = None) -> t
     name, kwargs = src.from_pretrained_args()
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs)
     except (OSError, ValueError) as error:
         raise WeightsError(f"cannot load the model at {src.path}: {error}") from error
     if src.is_gguf:
