@@ -18,6 +18,7 @@ from agent_worker import inputs
 from agent_worker.clock import Clock, VirtualClock, WallClock
 from agent_worker.errors import AgentError
 from agent_worker.gateway_client import GatewayClient
+from agent_worker.local.weights import WeightsError
 from agent_worker.model import Backend, profile
 from agent_worker.runtime import AgentConfig
 from agent_worker.session import SessionResult, Source, parse_latency, run_session
@@ -32,8 +33,9 @@ def agent(
     key: Annotated[str, Opt("--key", envvar="SPECGATE_API_KEY", help="App API key.")],
     gateway: Annotated[str, Opt("--gateway", envvar="SPECGATE_GATEWAY_URL",
                                 help="Gateway base URL.")] = "http://127.0.0.1:8080",
-    backend: Annotated[str, Opt(help="oracle (scripted, needs --task) or openai "
-                                     "(any OpenAI-compatible chat endpoint).")] = "oracle",
+    backend: Annotated[str, Opt(help="oracle (scripted, needs --task), openai "
+                                     "(any OpenAI-compatible chat endpoint) or local "
+                                     "(a transformers model on this machine).")] = "oracle",
     task: Annotated[Path | None, Opt(help="Oracle task JSON: utterance, gold calls, answer; "
                                           "its utterance is the input when none is given.")
                     ] = None,
@@ -57,19 +59,25 @@ def agent(
     model: Annotated[str, Opt(help="openai: model name.")] = "gpt-4o-mini",
     base_url: Annotated[str | None, Opt(envvar="OPENAI_BASE_URL",
                                         help="openai: endpoint base URL.")] = None,
+    model_path: Annotated[Path | None, Opt(help="local: a model directory or .gguf file "
+                                                 "(default: SmolLM2-135M-Instruct).")] = None,
+    device: Annotated[str | None, Opt(help="local: cuda, cpu … (default: CUDA when "
+                                           "present).")] = None,
     trace_path: Annotated[Path | None, Opt("--trace", help="Write the trace (JSON lines).")
                           ] = None,
 ) -> None:
     """Run one user utterance as a session against the gateway: speculative tool calls while
     the user speaks, commit at the commit point, then print the answer."""
     try:
-        if simulated and backend != "oracle":
-            raise ValueError("--simulated needs the oracle: a real model takes real time")
+        if simulated and backend not in ("oracle", "local"):
+            raise ValueError("--simulated needs the oracle or the local model (charged its "
+                             "measured time): a remote model takes real time")
         latency = parse_latency(tool_latency, seed)
         clock: Clock = VirtualClock() if simulated else WallClock()
         source = _source(task, transcript, text, stdin, wpm, chunk_s, simulated)
-        model_backend = _backend(backend, task, clock, latency_profile, sync, model, base_url)
-    except (ValueError, OSError, KeyError) as error:
+        model_backend = _backend(backend, task, clock, latency_profile, sync, model, base_url,
+                                 model_path, device)
+    except (ValueError, OSError, KeyError, WeightsError) as error:
         raise typer.BadParameter(str(error)) from error
     config = AgentConfig(mode="sync" if sync else "speculative", tool_latency=latency)
     sink: IO[str] | None = trace_path.open("w") if trace_path else None
@@ -119,7 +127,8 @@ def _source(task: Path | None, transcript: Path | None, text: str | None, stdin:
 
 
 def _backend(name: str, task: Path | None, clock: Clock, profile_name: str, sync: bool,
-             model: str, base_url: str | None) -> Backend:
+             model: str, base_url: str | None, model_path: Path | None = None,
+             device: str | None = None) -> Backend:
     if name == "oracle":
         from agent_worker.backends.oracle import OracleBackend, OracleTask
 
@@ -131,7 +140,12 @@ def _backend(name: str, task: Path | None, clock: Clock, profile_name: str, sync
         from agent_worker.backends.openai_chat import OpenAIChatBackend
 
         return OpenAIChatBackend.create(model=model, base_url=base_url)
-    raise ValueError(f"unknown backend {name!r}: oracle or openai")
+    if name == "local":
+        from agent_worker.backends.local import LocalBackend
+        from agent_worker.local import weights
+
+        return LocalBackend.load(model_path or weights.smollm2(), device=device, clock=clock)
+    raise ValueError(f"unknown backend {name!r}: oracle, openai or local")
 
 
 app.command("agent")(agent)

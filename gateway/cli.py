@@ -162,6 +162,31 @@ def _run_tau2(options_from: Callable[[], T], main: Callable[[T, Console], int]) 
     raise typer.Exit(main(options, console))
 
 
+@bench_app.command("resume")
+def bench_resume(
+        model_path: Annotated[str | None, typer.Option(
+            help="A model directory or .gguf (default: SmolLM2-135M-Instruct).")] = None,
+        device: Annotated[str | None, typer.Option(
+            help="cuda, cpu … (default: CUDA when present).")] = None,
+        lengths: Annotated[str, typer.Option(
+            help="Context lengths in tokens, comma-separated.")] = "1000,2000,3000",
+        repeats: Annotated[int, typer.Option(help="Repetitions per length.")] = 5,
+        threads: Annotated[int | None, typer.Option(
+            help="torch CPU threads (default: torch's).")] = None,
+        out: Annotated[str | None, typer.Option(help="Write the results as JSON.")] = None
+) -> None:
+    """Time to the first token after an injection, a local model's KV cache kept vs the whole
+    context re-prefilled, side by side at several context lengths. Exits 1 if the cache changed
+    the output."""
+    from agent_worker.local import resume_bench
+
+    try:
+        options = resume_bench.options_from(model_path, device, lengths, repeats, out, threads)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    raise typer.Exit(resume_bench.main(options, console))
+
+
 @bench_app.command("tau2")
 def bench_tau2(
         domain: Domain,
