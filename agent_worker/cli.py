@@ -34,7 +34,8 @@ def agent(
     gateway: Annotated[str, Opt("--gateway", envvar="SPECGATE_GATEWAY_URL",
                                 help="Gateway base URL.")] = "http://127.0.0.1:8080",
     backend: Annotated[str, Opt(help="oracle (scripted, needs --task), openai "
-                                     "(any OpenAI-compatible chat endpoint) or local "
+                                     "(any OpenAI-compatible chat endpoint), realtime "
+                                     "(OpenAI Realtime API, websocket) or local "
                                      "(a transformers model on this machine).")] = "oracle",
     task: Annotated[Path | None, Opt(help="Oracle task JSON: utterance, gold calls, answer; "
                                           "its utterance is the input when none is given.")
@@ -56,9 +57,11 @@ def agent(
                                                        "--task/--text/--transcript).")
                          ] = False,
     seed: Annotated[int, Opt(help="Seed of the injected tool latency.")] = 0,
-    model: Annotated[str, Opt(help="openai: model name.")] = "gpt-4o-mini",
+    model: Annotated[str | None, Opt(envvar="SPECGATE_AGENT_MODEL",
+                                     help="openai/realtime: model name (default gpt-4o-mini "
+                                          "/ gpt-realtime).")] = None,
     base_url: Annotated[str | None, Opt(envvar="OPENAI_BASE_URL",
-                                        help="openai: endpoint base URL.")] = None,
+                                        help="openai/realtime: endpoint base URL.")] = None,
     model_path: Annotated[Path | None, Opt(help="local: a model directory or .gguf file "
                                                  "(default: SmolLM2-135M-Instruct).")] = None,
     device: Annotated[str | None, Opt(help="local: cuda, cpu … (default: CUDA when "
@@ -104,6 +107,9 @@ async def _run(gateway_url: str, key: str, clock: Clock, backend: Backend, sourc
         return await run_session(client, backend, clock, source, config=config, trace=trace)
     finally:
         await client.aclose()
+        close = getattr(backend, "aclose", None)
+        if close is not None:  # a backend holding a connection (Realtime)
+            await close()
 
 
 def _source(task: Path | None, transcript: Path | None, text: str | None, stdin: bool,
@@ -127,7 +133,7 @@ def _source(task: Path | None, transcript: Path | None, text: str | None, stdin:
 
 
 def _backend(name: str, task: Path | None, clock: Clock, profile_name: str, sync: bool,
-             model: str, base_url: str | None, model_path: Path | None = None,
+             model: str | None, base_url: str | None, model_path: Path | None = None,
              device: str | None = None) -> Backend:
     if name == "oracle":
         from agent_worker.backends.oracle import OracleBackend, OracleTask
@@ -139,13 +145,17 @@ def _backend(name: str, task: Path | None, clock: Clock, profile_name: str, sync
     if name == "openai":
         from agent_worker.backends.openai_chat import OpenAIChatBackend
 
-        return OpenAIChatBackend.create(model=model, base_url=base_url)
+        return OpenAIChatBackend.create(model=model or "gpt-4o-mini", base_url=base_url)
+    if name == "realtime":
+        from agent_worker.backends.realtime import RealtimeBackend
+
+        return RealtimeBackend.create(model=model or "gpt-realtime", base_url=base_url)
     if name == "local":
         from agent_worker.backends.local import LocalBackend
         from agent_worker.local import weights
 
         return LocalBackend.load(model_path or weights.smollm2(), device=device, clock=clock)
-    raise ValueError(f"unknown backend {name!r}: oracle, openai or local")
+    raise ValueError(f"unknown backend {name!r}: oracle, openai, realtime or local")
 
 
 app.command("agent")(agent)

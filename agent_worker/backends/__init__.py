@@ -1,2 +1,3 @@
-"""Model backends: the scripted ``oracle`` (declared latency profile) and any
-OpenAI-compatible chat endpoint (``openai_chat``)."""
+"""Model backends: the scripted ``oracle`` (declared latency profile), any OpenAI-compatible chat
+endpoint (``openai_chat``), the OpenAI Realtime API over a websocket (``realtime``) and a local
+transformers model (``local``)."""
