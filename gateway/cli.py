@@ -11,6 +11,7 @@ from rich.console import Console
 
 from agent_worker.cli import agent
 from agent_worker.training.data import make_command as data_make_command
+from agent_worker.training.sft import train as train_command
 from gateway.config import get_settings
 
 app = typer.Typer(help="specgate: speculative tool calls, held until the user is done.",
@@ -251,6 +252,7 @@ def conformance_tau2(
 
 app.command("agent")(agent)
 data_app.command("make")(data_make_command)
+app.command("train")(train_command)
 
 
 def main() -> None:
