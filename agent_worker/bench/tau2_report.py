@@ -97,6 +97,9 @@ def summarize(rows: Sequence[TaskRow], options: Options, wall_s: float) -> dict[
     ratios = [x for r in rows if (x := r.ideal_ratio) is not None]
     summary: dict[str, Any] = {
         "domain": options.domain, "profile": options.profile,
+        "model": None if options.model is None else str(options.model),
+        "baseline_model": None if options.model_for("baseline") is None
+        else str(options.model_for("baseline")),
         "corrections": options.corrections, "tool_latency_s": list(options.tool_latency),
         "seed": options.seed, "tasks": n, "tasks_with_calls": sum(r.gold_calls > 0 for r in rows),
         "baseline_accurate": accurate["baseline"],

@@ -262,6 +262,42 @@ def test_both_modes_match_tau2_and_speculation_is_faster(
         assert all(row["correction"]["right"] in row["utterance"] for row in rows)
 
 
+def test_a_local_model_runs_both_modes_on_the_simulated_clock(
+        pg_home: Path, ledger_url: str, smollm2_dir: Path) -> None:
+    """SmolLM2 was never taught the protocol: its steps are malformed and the turns fail after
+    the runtime's error limit. What is shown is the plumbing of ``--model``: the real model
+    generates in both modes against the real gateway, each run is graded, nothing is
+    committed by a failed turn, and the run goes on."""
+    pytest.importorskip("tau2")
+    from agent_worker.bench.tau2_run import Options, harness
+
+    options = Options(domain="airline", task_ids=E2E_TASKS["airline"][:1], model=smollm2_dir,
+                      max_new_tokens=6)
+    with harness(make_settings(pg_home, ledger_url), options) as running:
+        report = running.run(options)
+    (row,) = report["rows"]
+    for result in row["results"].values():
+        assert result["error"] is not None and "malformed model steps" in result["error"]
+        assert result["calls"]["committed"] == 0 and not result["accurate"]
+        assert result["wall_s"] > 0
+    summary = report["summary"]
+    assert summary["speculative_accurate"] == summary["baseline_accurate"] == 0
+    assert summary["model"] == str(smollm2_dir)
+
+
+def test_held_out_tasks_come_from_a_data_manifest(tmp_path: Path) -> None:
+    from agent_worker.bench.tau2_run import held_out_ids
+
+    manifest = {"split": {"train": ["tau2-retail-1"],
+                          "test": ["tau2-retail-7", "tau2-airline-3", "bfcl-base-2"]}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert held_out_ids(tmp_path, "retail") == ["7"]
+    assert held_out_ids(tmp_path / "manifest.json", "airline") == ["3"]
+    (tmp_path / "manifest.json").write_text(json.dumps({"split": {"test": ["bfcl-base-2"]}}))
+    with pytest.raises(ValueError, match="has no retail task"):
+        held_out_ids(tmp_path, "retail")
+
+
 def _check_files(out: Path, report: dict[str, Any]) -> None:
     assert json.loads((out / "results.json").read_text())["summary"] == report["summary"]
     table = (out / "results.md").read_text()
@@ -282,7 +318,11 @@ def test_the_command_refuses_bad_options() -> None:
     for args, message in [(["--domain", "telecom"], "--domain must be one of"),
                           (["--domain", "retail", "--profile", "warp"], "unknown latency"),
                           (["--domain", "retail", "--tool-latency", "1-0.5"], "low <= high"),
-                          (["--domain", "retail", "--tasks", "0"], "at least 1")]:
+                          (["--domain", "retail", "--tasks", "0"], "at least 1"),
+                          (["--domain", "retail", "--baseline-model", "m"], "needs --model"),
+                          (["--domain", "retail", "--model", "/nowhere"], "no model at"),
+                          (["--domain", "retail", "--held-out", "/nowhere"],
+                           "not a data manifest")]:
         result = runner.invoke(app, ["bench", "tau2", "--out", "x", *args])
         assert result.exit_code == 2, result.output
         assert message in " ".join(result.output.split()), result.output
