@@ -93,7 +93,11 @@ def booking_world(pg_home: Path, ledger_url: str) -> Iterator[tuple[Tenant,
             home=pg_home, database_url=ledger_url, adapters=["demo", "mail", "booking"],
             adapter_settings={"mail": smtp.settings, "booking": {"base_url": booking.url}},
             relay_period_s=0.2, relay_grace_s=0.5, relay_max_backoff_s=1.0,
-            task_retry_base_s=0.05, task_max_attempts=2, settle_wait_s=15.0)
+            task_retry_base_s=0.05, task_max_attempts=2, settle_wait_s=15.0,
+            # the app below runs without its background loop, so nothing renews its session
+            # leases: one lapsing during a slow call (a loaded machine) would let a
+            # reconciler abort the turn under the test
+            owner_lease_s=300.0)
         setup_adapters(settings)
         worker = LocalWorker(env=settings_env(settings, ledger_url),
                              log_path=pg_home / f"admin-worker-{uuid.uuid4().hex[:6]}.log")
