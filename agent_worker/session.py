@@ -7,6 +7,8 @@ On a ``VirtualClock`` it drives simulated time for the duration.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
@@ -38,6 +40,17 @@ def uniform_latency(low: float, high: float, seed: int = 0) -> ToolLatency:
 
     def latency(call: ToolCall) -> float:
         return rng.uniform(low, high)
+
+    return latency
+
+
+def stable_latency(low: float, high: float, seed: int, salt: str) -> ToolLatency:
+    """U[low, high] per call, drawn from a hash of (seed, salt, tool, arguments): the same
+    call gets the same latency in every mode and run."""
+    def latency(call: ToolCall) -> float:
+        key = json.dumps([seed, salt, call.name, call.arguments], sort_keys=True, default=str)
+        draw = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2 ** 64
+        return low + (high - low) * draw
 
     return latency
 

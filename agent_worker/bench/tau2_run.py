@@ -21,7 +21,6 @@ long in both modes (and in the ideal bound).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -44,9 +43,8 @@ from agent_worker.clock import VirtualClock
 from agent_worker.errors import AgentError
 from agent_worker.gateway_client import GatewayClient
 from agent_worker.model import Backend, LatencyProfile, profile
-from agent_worker.protocol import ToolCall
 from agent_worker.runtime import AgentConfig
-from agent_worker.session import Source, latency_range, run_session
+from agent_worker.session import Source, latency_range, run_session, stable_latency
 from agent_worker.trace import Trace
 from gateway.localserver import exit_on_sigterm
 
@@ -85,17 +83,6 @@ class Options:
         """Wall time a session may take: a real model on a CPU needs far longer than the
         oracle; past it the task fails (a hang must not stop the run)."""
         return SESSION_WALL_LIMIT_S if self.model is None else LOCAL_SESSION_WALL_LIMIT_S
-
-
-def stable_latency(low: float, high: float, seed: int, salt: str) -> ToolLatency:
-    """U[low, high] per call, drawn from a hash of (seed, salt, tool, arguments): the same
-    call gets the same latency in every mode and run."""
-    def latency(call: ToolCall) -> float:
-        key = json.dumps([seed, salt, call.name, call.arguments], sort_keys=True, default=str)
-        draw = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2 ** 64
-        return low + (high - low) * draw
-
-    return latency
 
 
 @dataclass

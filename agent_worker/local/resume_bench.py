@@ -25,8 +25,6 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -204,7 +202,7 @@ def run(options: Options, console: Console | None = None) -> list[LengthResult]:
 
     console = console or Console()
     path = options.model_path or weights.smollm2()
-    with _torch_threads(options.threads) as threads:
+    with weights.torch_threads(options.threads) as threads:
         results = _measure_model(path, options, console)
     console.print(table(results))
     if options.out is not None:
@@ -230,21 +228,6 @@ def _measure_model(path: Path, options: Options, console: Console) -> list[Lengt
             return measure(backend, options, progress)
     finally:
         backend.close()
-
-
-@contextmanager
-def _torch_threads(threads: int | None) -> Iterator[int]:
-    """torch's intra-op threads set to ``threads`` for the run (on a CPU shared with other
-    work, fewer threads than cores avoids their spin-waiting); yields the count in use."""
-    import torch
-
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(before)
 
 
 def report(results: list[LengthResult], options: Options, model: str,

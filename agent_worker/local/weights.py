@@ -12,6 +12,8 @@ is found without importing it). Dequantizing its GGUF costs about 30 s on these 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,3 +131,18 @@ def materialize(gguf: str | Path, out: str | Path) -> Path:
 def smollm2(models_dir: str | Path = DEFAULT_MODELS_DIR) -> Path:
     """SmolLM2-135M-Instruct as a transformers directory under ``models_dir`` (made once)."""
     return materialize(smollm2_gguf(), Path(models_dir) / "smollm2-135m-instruct")
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[int]:
+    """torch's intra-op threads set to ``threads`` for the run (on a CPU shared with other
+    work, fewer threads than cores avoids their spin-waiting); yields the count in use."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)

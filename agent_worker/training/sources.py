@@ -4,7 +4,7 @@ generator's options, the per-sample random draws and the split of tasks into tra
 
 **Determinism.** Every draw of a sample comes from one ``random.Random`` seeded with the text
 ``"<seed>/<task key>/<sample index>"`` (Python seeds a string through SHA-512, the same on every
-machine and run), and tool latencies from ``tau2_run.stable_latency`` salted the same way, so
+machine and run), and tool latencies from ``session.stable_latency`` salted the same way, so
 the same options give the same bytes; sets are never iterated where the order would show.
 
 **Word timing.** Each word lasts 60/wpm seconds times a factor drawn in [1 - jitter, 1 +
@@ -30,12 +30,12 @@ from typing import Any, Literal
 
 from agent_worker import inputs
 from agent_worker.backends.oracle import OracleTask, mentions
-from agent_worker.bench.tau2_run import stable_latency
 from agent_worker.bench.tau2_stream import heard_at
 from agent_worker.calls import ToolLatency
 from agent_worker.model import LatencyProfile, profile
 from agent_worker.placeholders import parse
 from agent_worker.protocol import ToolCall
+from agent_worker.session import stable_latency
 
 Mode = Literal["async", "sync"]
 Chunks = tuple[tuple[float, str], ...]

@@ -32,7 +32,6 @@ from typing import Any
 from agent_worker import calls
 from agent_worker.backends.oracle import Correction, OracleTask, literals, substitute
 from agent_worker.bench import tau2_corrections
-from agent_worker.bench.tau2_run import plan, tool_effects
 from agent_worker.bench.tau2_stream import (
     GoldStep,
     StreamTask,
@@ -67,6 +66,8 @@ def tools(domain: str) -> tuple[dict[str, Any], ...]:
 
 @cache
 def _effects(domain: str) -> dict[str, str]:
+    from agent_worker.bench.tau2_run import tool_effects  # the bench's HTTP stack: not at import
+
     return tool_effects(domain)
 
 
@@ -146,6 +147,8 @@ class Tau2Task:
                             stream_calls(self.domain, steps, chunks),
                             correction=injected.correction if injected else None)
         latency = sample_latency(options, self.key, index)
+        from agent_worker.bench.tau2_run import plan
+
         bound = plan(stream, latency, options.latency_profile)
         oracle = stream.oracle(bound.used, bound.late)
         correction = stream.correction

@@ -5,8 +5,8 @@ backend inside the real runtime against a real gateway."""
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncGenerator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,25 +28,22 @@ INJECTED = "<partial_query_update>Make it about a dog instead.</partial_query_up
 
 
 @pytest.fixture(scope="session")
-def smollm2() -> tuple[Any, Any]:
+def smollm2(smollm2_dir: Path) -> tuple[Any, Any]:
     """(model, tokenizer) of SmolLM2-135M-Instruct, loaded once; each test builds its own
     backend (its own cache) on them."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from agent_worker.local import weights
 
-    return weights.load(weights.smollm2(), device="cpu")
+    return weights.load(smollm2_dir, device="cpu")
 
 
 @pytest.fixture(autouse=True, scope="module")
 def one_torch_thread() -> Iterator[None]:
     """One intra-op thread for this module: the test machines' few cores are shared, and
     torch's threads spin-waiting on an oversubscribed CPU make a token several times slower."""
-    import torch
+    from agent_worker.local import weights
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with weights.torch_threads(1):
+        yield
 
 
 def backend(smollm2: tuple[Any, Any], **options: Any) -> Any:
