@@ -10,7 +10,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import IO, Annotated
+from typing import IO, Annotated, cast
 
 import typer
 
@@ -20,6 +20,7 @@ from agent_worker.errors import AgentError
 from agent_worker.gateway_client import GatewayClient
 from agent_worker.local.weights import WeightsError
 from agent_worker.model import Backend, profile
+from agent_worker.prompt import TOOL_LISTINGS, ToolListing
 from agent_worker.runtime import AgentConfig
 from agent_worker.session import SessionResult, Source, parse_latency, run_session
 from agent_worker.trace import Trace
@@ -66,6 +67,9 @@ def agent(
                                                  "(default: SmolLM2-135M-Instruct).")] = None,
     device: Annotated[str | None, Opt(help="local: cuda, cpu … (default: CUDA when "
                                            "present).")] = None,
+    tool_listing: Annotated[str, Opt(help="How the system prompt lists the tools: full or "
+                                          "compact (the listing a fine-tune was trained on).")
+                            ] = "full",
     trace_path: Annotated[Path | None, Opt("--trace", help="Write the trace (JSON lines).")
                           ] = None,
 ) -> None:
@@ -75,6 +79,9 @@ def agent(
         if simulated and backend not in ("oracle", "local"):
             raise ValueError("--simulated needs the oracle or the local model (charged its "
                              "measured time): a remote model takes real time")
+        if tool_listing not in TOOL_LISTINGS:
+            raise ValueError(f"--tool-listing {tool_listing!r}: one of "
+                             f"{', '.join(TOOL_LISTINGS)}")
         latency = parse_latency(tool_latency, seed)
         clock: Clock = VirtualClock() if simulated else WallClock()
         source = _source(task, transcript, text, stdin, wpm, chunk_s, simulated)
@@ -82,7 +89,8 @@ def agent(
                                  model_path, device)
     except (ValueError, OSError, KeyError, WeightsError) as error:
         raise typer.BadParameter(str(error)) from error
-    config = AgentConfig(mode="sync" if sync else "speculative", tool_latency=latency)
+    config = AgentConfig(mode="sync" if sync else "speculative", tool_latency=latency,
+                         tool_listing=cast(ToolListing, tool_listing))
     sink: IO[str] | None = trace_path.open("w") if trace_path else None
     try:
         outcome = asyncio.run(_run(gateway, key, clock, model_backend, source, config,

@@ -1,11 +1,28 @@
 """The system prompt: the speculative protocol and the gateway's tools, as a model is shown
-them. Backends that read structure (the oracle) ignore it; chat models need it."""
+them. Backends that read structure (the oracle) ignore it; chat models need it.
+
+Two tool listings:
+
+- ``full`` (the default): each tool's whole description and its JSON schema, as the gateway
+  lists them (~3k tokens for τ²'s retail or airline tools);
+- ``compact``: one line per tool — its signature with argument names and short types (nested
+  objects spelled out, ``?`` for an optional argument, enums as their values), its effect class
+  and the first sentence of its description (~800 tokens for the same tools). For a small model
+  whose context, and whose training samples, the full listing would fill.
+
+A model fine-tuned on one listing must be run with the same one: ``specgate data make
+--tool-listing`` writes it into the manifest, and the agent and the benchmark take the option.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from typing import Any
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+ToolListing = Literal["full", "compact"]
+TOOL_LISTINGS: tuple[ToolListing, ...] = ("full", "compact")
 
 PROTOCOL = """\
 You are a voice assistant that acts while the user is still speaking. You see the user's words
@@ -30,13 +47,63 @@ final query update. Call early when you are confident, amend or remove when the 
 themselves. If your thinking is cut off by new input, you see </think_interrupted>.
 """
 
+_SHORT_TYPES = {"string": "str", "integer": "int", "number": "num", "boolean": "bool",
+                "null": "null"}
+_FIRST_SENTENCE = re.compile(r"(.+?[.!?])(?:\s|$)")
 
-def system_prompt(tools: Iterable[dict[str, Any]], instructions: str | None = None) -> str:
+
+def system_prompt(tools: Iterable[dict[str, Any]], instructions: str | None = None,
+                  listing: ToolListing = "full") -> str:
+    if listing not in TOOL_LISTINGS:
+        raise ValueError(f"unknown tool listing {listing!r}: one of {', '.join(TOOL_LISTINGS)}")
     lines = [PROTOCOL, "Tools:"]
     for tool in tools:
-        schema = json.dumps(tool.get("parameters") or {}, separators=(",", ":"))
-        lines.append(f"- {tool['name']} ({tool.get('effect', '?')}): "
-                     f"{(tool.get('description') or '').strip()} Arguments: {schema}")
+        lines.append(_compact(tool) if listing == "compact" else _full(tool))
     if instructions:
         lines += ["", instructions]
     return "\n".join(lines)
+
+
+def _full(tool: dict[str, Any]) -> str:
+    schema = json.dumps(tool.get("parameters") or {}, separators=(",", ":"))
+    return (f"- {tool['name']} ({tool.get('effect', '?')}): "
+            f"{(tool.get('description') or '').strip()} Arguments: {schema}")
+
+
+def _compact(tool: dict[str, Any]) -> str:
+    parameters = tool.get("parameters") or {}
+    signature = _fields(parameters, parameters.get("$defs") or {})
+    description = " ".join((tool.get("description") or "").split())
+    first = _FIRST_SENTENCE.match(description)
+    summary = first.group(1) if first else description
+    return f"- {tool['name']}({signature}) [{tool.get('effect', '?')}]: {summary}".rstrip(": ")
+
+
+def _fields(schema: Mapping[str, Any], defs: Mapping[str, Any]) -> str:
+    required = set(schema.get("required") or ())
+    return ", ".join(f"{name}{'' if name in required else '?'}: {_type(sub, defs)}"
+                     for name, sub in (schema.get("properties") or {}).items())
+
+
+def _type(schema: Any, defs: Mapping[str, Any], depth: int = 0) -> str:
+    """A short spelling of a JSON schema type: ``str``, ``[{a: int, b?: str}]``, ``"x"|"y"``."""
+    if not isinstance(schema, Mapping) or depth > 8:
+        return "any"
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        return _type(defs.get(ref.removeprefix("#/$defs/")), defs, depth + 1)
+    if "enum" in schema:
+        return "|".join(json.dumps(value) for value in schema["enum"])
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            return "|".join(_type(option, defs, depth + 1) for option in schema[key])
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        return "|".join(_SHORT_TYPES.get(k, str(k)) for k in kind)
+    if kind == "array":
+        return f"[{_type(schema.get('items'), defs, depth + 1)}]"
+    if kind == "object" or "properties" in schema:
+        if not schema.get("properties"):
+            return "object"
+        return "{" + _fields(schema, defs) + "}"
+    return _SHORT_TYPES.get(kind, "any") if isinstance(kind, str) else "any"

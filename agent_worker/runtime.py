@@ -91,7 +91,8 @@ class Agent:
         """Read the tools and open a gateway session; returns its id."""
         self.tools = tuple(await self.gateway.tools())
         self.book = CallBook(tools={t["name"] for t in self.tools})
-        self.system = system_prompt(self.tools, self.config.instructions)
+        self.system = system_prompt(self.tools, self.config.instructions,
+                                    self.config.tool_listing)
         return await self.graph.open(metadata)
 
     async def close(self) -> None:

@@ -8,6 +8,7 @@ from typing import Literal
 
 from agent_worker.calls import ToolLatency
 from agent_worker.events import External
+from agent_worker.prompt import ToolListing
 from agent_worker.protocol import StreamParser
 
 Mode = Literal["speculative", "sync"]
@@ -20,6 +21,7 @@ class AgentConfig:
     max_steps: int = 200  # per user turn: a model that never answers fails the turn
     tool_latency: ToolLatency | None = None  # injected (declared) tool latency, DESIGN §7
     instructions: str | None = None  # appended to the system prompt
+    tool_listing: ToolListing = "full"  # how the system prompt lists the tools (prompt.py)
     # An event that arrives while the model writes a <tool_call> or <remove> waits until that
     # action is complete (a few tokens) instead of cutting it: a call cut off is written again
     # from scratch in the next step, which costs a slow model its whole first token latency.

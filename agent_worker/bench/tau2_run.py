@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from rich.console import Console
@@ -43,6 +43,7 @@ from agent_worker.clock import VirtualClock
 from agent_worker.errors import AgentError
 from agent_worker.gateway_client import GatewayClient
 from agent_worker.model import Backend, LatencyProfile, profile
+from agent_worker.prompt import TOOL_LISTINGS, ToolListing
 from agent_worker.runtime import AgentConfig
 from agent_worker.session import Source, latency_range, run_session, stable_latency
 from agent_worker.trace import Trace
@@ -67,6 +68,7 @@ class Options:
     baseline_model: Path | None = None  # for the baseline runs; default: ``model``
     device: str | None = None  # of the local models; default: CUDA when present, else CPU
     max_new_tokens: int = 256  # per step of a local model
+    tool_listing: ToolListing = "full"  # how the system prompt lists the tools
 
     @property
     def latency_profile(self) -> LatencyProfile:
@@ -136,15 +138,20 @@ def options_from(domain: str, corrections: bool, profile_name: str, tasks: int |
                  task_ids: list[str], tool_latency: str, seed: int, out: str | None,
                  home: str, model: str | None = None, baseline_model: str | None = None,
                  held_out: str | None = None, device: str | None = None,
-                 max_new_tokens: int = 256) -> Options:
+                 max_new_tokens: int = 256, tool_listing: str | None = None) -> Options:
     """The command line's choices, checked (``ValueError`` names the offending option)."""
     from agent_worker.local import weights
     from gateway.conformance.run import options_from as conformance_options
 
     if baseline_model is not None and model is None:
         raise ValueError("--baseline-model needs --model (the speculative runs' model)")
+    listing = tool_listing or "full"
     if held_out is not None:
-        task_ids = [*task_ids, *held_out_ids(Path(held_out), domain)]
+        manifest = data_manifest(Path(held_out))
+        task_ids = [*task_ids, *held_out_ids(manifest, Path(held_out), domain)]
+        listing = tool_listing or manifest.get("parameters", {}).get("tool_listing", "full")
+    if listing not in TOOL_LISTINGS:
+        raise ValueError(f"--tool-listing {listing!r}: one of {', '.join(TOOL_LISTINGS)}")
     checked = conformance_options(domain, tasks, task_ids, False, None, home)
     profile(profile_name)
     try:
@@ -155,21 +162,29 @@ def options_from(domain: str, corrections: bool, profile_name: str, tasks: int |
                    tasks=checked.tasks, task_ids=checked.task_ids,
                    tool_latency=latency_range(tool_latency), seed=seed,
                    out=Path(out) if out else None, home=Path(home), model=paths[0],
-                   baseline_model=paths[1], device=device, max_new_tokens=max_new_tokens)
+                   baseline_model=paths[1], device=device, max_new_tokens=max_new_tokens,
+                   tool_listing=cast(ToolListing, listing))
 
 
-def held_out_ids(manifest: Path, domain: str) -> list[str]:
-    """The τ² task ids of ``domain`` in the test split of a ``specgate data make`` manifest
-    (the directory or its manifest.json)."""
-    path = manifest / "manifest.json" if manifest.is_dir() else manifest
+def data_manifest(where: Path) -> dict[str, Any]:
+    """A ``specgate data make`` manifest (its directory or manifest.json)."""
+    path = where / "manifest.json" if where.is_dir() else where
     try:
-        keys = json.loads(path.read_text())["split"]["test"]
+        manifest = json.loads(path.read_text())
+        manifest["split"]["test"]
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"--held-out {manifest}: not a data manifest ({error})") from error
+        raise ValueError(f"--held-out {where}: not a data manifest ({error})") from error
+    if not isinstance(manifest, dict):
+        raise ValueError(f"--held-out {where}: not a data manifest")
+    return manifest
+
+
+def held_out_ids(manifest: dict[str, Any], where: Path, domain: str) -> list[str]:
+    """The τ² task ids of ``domain`` in the manifest's test split."""
     prefix = f"tau2-{domain}-"
-    ids = [key[len(prefix):] for key in keys if key.startswith(prefix)]
+    ids = [key[len(prefix):] for key in manifest["split"]["test"] if key.startswith(prefix)]
     if not ids:
-        raise ValueError(f"--held-out {manifest}: its test split has no {domain} task")
+        raise ValueError(f"--held-out {where}: its test split has no {domain} task")
     return ids
 
 
@@ -272,7 +287,7 @@ class Harness:
         gateway, trace = GatewayClient(http, clock), Trace(clock)
         backend = self._backend(mode, oracle, clock, options)
         config = AgentConfig(mode="sync" if mode == "baseline" else "speculative",
-                             tool_latency=latency)
+                             tool_latency=latency, tool_listing=options.tool_listing)
         result = ModeResult(mode)
         started = time.perf_counter()
         try:

@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Protocol, cast
 
 import typer
 from rich.console import Console
@@ -36,6 +36,7 @@ from rich.table import Table
 
 from agent_worker import protocol
 from agent_worker.backends.oracle import literals, mentions
+from agent_worker.prompt import ToolListing
 from agent_worker.protocol import Answer, CallBook, Malformed, Pause, Remove, ToolCall
 from agent_worker.session import latency_range
 from agent_worker.training import bfcl_source, tau2_source
@@ -154,7 +155,8 @@ def sample(spec: Spec, task: Task, mode: Mode, options: Options) -> dict[str, An
     index = spec.meta["sample"]
     rng = random.Random(f"{options.seed}/{spec.key}/{index}/{mode}")
     spec = listed(spec, options.tools)
-    stream = simulate(spec, mode, options.latency_profile, rng)
+    stream = simulate(spec, mode, options.latency_profile, rng,
+                      listing=cast(ToolListing, options.tool_listing))
     problems = check(stream, spec)
     if problems:
         raise SimulationError(f"{spec.key} {mode}: {'; '.join(problems[:3])}")
@@ -340,6 +342,10 @@ def make_command(
             help="System prompt tools: all (as the gateway lists them) or used (only those "
                  "the task's gold calls use: shorter, but not the inference prompt).")
                          ] = "all",
+        tool_listing: Annotated[str, typer.Option(
+            help="How the system prompt lists the tools: full (descriptions and JSON schemas) "
+                 "or compact (one signature line each, ~4x shorter). Run the model with the "
+                 "same.")] = "full",
         tokenizer: Annotated[str, typer.Option(
             help="Measure tokens with: smollm2, a model directory, or none.")] = "smollm2",
 ) -> None:
@@ -348,7 +354,8 @@ def make_command(
         options = Options(seed=seed, samples_per_task=samples_per_task, wpm=wpm,
                           jitter=jitter, chunk_s=chunk_s, profile=profile,
                           tool_latency=latency_range(tool_latency), wrong_rate=wrong_rate,
-                          correction_rate=correction_rate, tools=tools)
+                          correction_rate=correction_rate, tools=tools,
+                          tool_listing=tool_listing)
         make(out, [s.strip() for s in sources.split(",") if s.strip()], options,
              test_fraction=test_fraction, tasks=tasks, tokenizer=tokenizer)
     except ValueError as error:

@@ -34,6 +34,7 @@ from agent_worker.bench.tau2_stream import heard_at
 from agent_worker.calls import ToolLatency
 from agent_worker.model import LatencyProfile, profile
 from agent_worker.placeholders import parse
+from agent_worker.prompt import TOOL_LISTINGS
 from agent_worker.protocol import ToolCall
 from agent_worker.session import stable_latency
 
@@ -103,6 +104,7 @@ class Options:
     wrong_rate: float = 0.4
     correction_rate: float = 0.25
     tools: str = "all"  # the system prompt lists "all" the gateway's tools, or those "used"
+    tool_listing: str = "full"  # how it lists them (agent_worker.prompt)
 
     def check(self) -> None:
         """A ``ValueError`` naming the first option out of range."""
@@ -115,7 +117,9 @@ class Options:
                  (0 <= low <= high, "the tool latency needs 0 <= low <= high"),
                  (0 <= self.wrong_rate <= 1, "the wrong-call rate must be in [0, 1]"),
                  (0 <= self.correction_rate <= 1, "the correction rate must be in [0, 1]"),
-                 (self.tools in ("all", "used"), "the tools listed must be all or used")]
+                 (self.tools in ("all", "used"), "the tools listed must be all or used"),
+                 (self.tool_listing in TOOL_LISTINGS,
+                  f"the tool listing must be one of {', '.join(TOOL_LISTINGS)}")]
         for ok, message in rules:
             if not ok:
                 raise ValueError(message)

@@ -54,7 +54,7 @@ from agent_worker.calls import Outcome
 from agent_worker.clock import VirtualClock
 from agent_worker.model import PROFILES, Context, LatencyProfile, Transcript
 from agent_worker.placeholders import renumber
-from agent_worker.prompt import system_prompt
+from agent_worker.prompt import ToolListing, system_prompt
 from agent_worker.protocol import (
     THINK_INTERRUPTED,
     Answer,
@@ -85,11 +85,12 @@ class Stream:
 
 
 def simulate(spec: Spec, mode: Mode, profile: LatencyProfile, rng: random.Random,
-             max_steps: int = MAX_STEPS) -> Stream:
-    """Play ``spec`` to its answer (see the module docstring)."""
+             max_steps: int = MAX_STEPS, listing: ToolListing = "full") -> Stream:
+    """Play ``spec`` to its answer (see the module docstring); ``listing``: how the system
+    prompt lists the tools (``agent_worker.prompt``)."""
     if not spec.chunks:
         raise SimulationError(f"{spec.key}: the utterance is empty")
-    return _Sim(spec, mode, profile, rng, max_steps).run()
+    return _Sim(spec, mode, profile, rng, max_steps, listing).run()
 
 
 def render(element: Element) -> str:
@@ -124,8 +125,9 @@ class _Record:
 
 class _Sim:
     def __init__(self, spec: Spec, mode: Mode, profile: LatencyProfile, rng: random.Random,
-                 max_steps: int) -> None:
+                 max_steps: int, listing: ToolListing) -> None:
         self.spec, self.mode, self.profile, self.max_steps = spec, mode, profile, max_steps
+        self.listing = listing
         self.policy = _Policy(spec, mode, rng)
         self.transcript = Transcript()
         self.cut: set[int] = set()  # transcript segments the runtime cut off
@@ -368,7 +370,7 @@ class _Sim:
 
     def _messages(self) -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = [
-            {"role": "system", "content": system_prompt(self.spec.tools)}]
+            {"role": "system", "content": system_prompt(self.spec.tools, listing=self.listing)}]
         for index, (role, text) in enumerate(self.transcript.segments):
             message: dict[str, Any] = {"role": role, "content": text}
             if index in self.cut:

@@ -285,17 +285,32 @@ def test_a_local_model_runs_both_modes_on_the_simulated_clock(
     assert summary["model"] == str(smollm2_dir)
 
 
-def test_held_out_tasks_come_from_a_data_manifest(tmp_path: Path) -> None:
-    from agent_worker.bench.tau2_run import held_out_ids
+def test_held_out_tasks_and_tool_listing_come_from_a_data_manifest(tmp_path: Path) -> None:
+    from agent_worker.bench.tau2_run import options_from
+
+    def options(domain: str, held_out: Path, listing: str | None = None) -> Any:
+        return options_from(domain, False, "cloud", None, [], "0.5-1", 0, None,
+                            str(tmp_path / "home"), held_out=str(held_out),
+                            tool_listing=listing)
 
     manifest = {"split": {"train": ["tau2-retail-1"],
-                          "test": ["tau2-retail-7", "tau2-airline-3", "bfcl-base-2"]}}
+                          "test": ["tau2-retail-7", "tau2-airline-3", "bfcl-base-2"]},
+                "parameters": {"tool_listing": "compact"}}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    assert held_out_ids(tmp_path, "retail") == ["7"]
-    assert held_out_ids(tmp_path / "manifest.json", "airline") == ["3"]
+    retail = options("retail", tmp_path)
+    assert retail.task_ids == ("7",) and retail.tool_listing == "compact"
+    airline = options("airline", tmp_path / "manifest.json", "full")
+    assert airline.task_ids == ("3",) and airline.tool_listing == "full"
+    with pytest.raises(ValueError, match="--tool-listing 'short'"):
+        options("retail", tmp_path, "short")
     (tmp_path / "manifest.json").write_text(json.dumps({"split": {"test": ["bfcl-base-2"]}}))
     with pytest.raises(ValueError, match="has no retail task"):
-        held_out_ids(tmp_path, "retail")
+        options("retail", tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"split": {"test": ["tau2-retail-7"]}}))
+    assert options("retail", tmp_path).tool_listing == "full"  # data made before the option
+    (tmp_path / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a data manifest"):
+        options("retail", tmp_path)
 
 
 def _check_files(out: Path, report: dict[str, Any]) -> None:

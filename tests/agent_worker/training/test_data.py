@@ -161,6 +161,24 @@ def test_bad_input_is_refused_with_a_clear_message(tmp_path: Path) -> None:
         data.make(tmp_path, options=Options(wrong_rate=2.0), tokenizer=None)
     result = CliRunner().invoke(_app(), ["--out", str(tmp_path), "--tool-latency", "slow"])
     assert result.exit_code == 2 and "tool latency" in result.output
+    result = CliRunner().invoke(_app(), ["--out", str(tmp_path), "--tool-listing", "short"])
+    assert result.exit_code == 2 and "tool listing must be one of full, compact" in result.output
+    assert not (tmp_path / "manifest.json").exists()
+
+
+def test_the_compact_listing_is_written_and_recorded(tmp_path: Path) -> None:
+    result = CliRunner().invoke(_app(), [
+        "--out", str(tmp_path), "--sources", "tau2-airline", "--tasks", "2",
+        "--test-fraction", "0.5", "--tool-listing", "compact", "--tokenizer", "none"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["parameters"]["tool_listing"] == "compact"
+    assert not manifest["failed_samples"]
+    prompt = system_prompt(tau2_source.tools("airline"), listing="compact")
+    lines = [json.loads(line) for name in FILES
+             for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+    assert lines and all(line["messages"][0]["content"] == prompt for line in lines)
+    assert len(prompt) < len(system_prompt(tau2_source.tools("airline"))) / 2
 
 
 def _app() -> Any:
