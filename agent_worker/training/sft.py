@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -63,6 +64,8 @@ class SftConfig:
     lora_alpha: int = 32
     lora_targets: tuple[str, ...] = DEFAULT_TARGETS
     threads: int | None = None  # CPU threads of torch; None: torch's default
+    bf16: bool | None = None  # bfloat16 autocast; None: where the device computes it natively
+    time_budget_min: float | None = None  # stop (then evaluate and export) after this long
 
     @property
     def learning_rate(self) -> float:
@@ -126,10 +129,8 @@ def load_model(config: SftConfig, device: str) -> tuple[Any, Any]:
 
 
 def _arguments(config: SftConfig, device: str, evaluate: bool) -> Any:
-    import torch
     from transformers import TrainingArguments
 
-    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
     return TrainingArguments(
         output_dir=str(config.out), num_train_epochs=config.epochs, max_steps=config.max_steps,
         learning_rate=config.learning_rate, per_device_train_batch_size=config.batch_size,
@@ -138,9 +139,26 @@ def _arguments(config: SftConfig, device: str, evaluate: bool) -> Any:
         lr_scheduler_type="cosine", logging_steps=config.log_steps, logging_first_step=True,
         eval_strategy="steps" if evaluate else "no", eval_steps=config.eval_steps,
         save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
-        seed=config.seed, data_seed=config.seed, bf16=bf16, use_cpu=device == "cpu",
+        seed=config.seed, data_seed=config.seed, bf16=use_bf16(config.bf16, device),
+        use_cpu=device == "cpu",
         disable_tqdm=True, report_to="none", dataloader_pin_memory=device == "cuda",
         include_num_input_tokens_seen="non_padding")
+
+
+def use_bf16(requested: bool | None, device: str) -> bool:
+    """bfloat16 autocast when asked, or by default where the hardware has bf16 arithmetic: a
+    CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX (measured on an AVX512-BF16
+    EPYC core: a LoRA step on SmolLM2-135M at 1,024 tokens, 9.5 s against 20 s in fp32, the
+    same loss to 3 decimals). The weights stay fp32; only the matrix products run in bf16."""
+    import torch
+
+    if device == "cuda":
+        native = torch.cuda.is_bf16_supported()
+    else:
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    if requested and not native and device == "cuda":
+        raise TrainingError("--bf16: this GPU has no bfloat16 support")
+    return native if requested is None else requested
 
 
 def run(config: SftConfig, *, console: Console | None = None,
@@ -149,8 +167,9 @@ def run(config: SftConfig, *, console: Console | None = None,
     console = console or Console()
     device, model, tokenizer, (train_set, eval_set) = _prepare(config, console)
     progress = _callback(RichProgress)(console)
+    budget = _callback(TimeBudget)(config.time_budget_min)
     trainer, session = _trainer(config, device, model, tokenizer, (train_set, eval_set),
-                                [progress, *callbacks])
+                                [progress, budget, *callbacks])
     try:
         output = trainer.train(resume_from_checkpoint=True if config.resume else None)
     finally:
@@ -159,6 +178,11 @@ def run(config: SftConfig, *, console: Console | None = None,
         trainer.evaluate()
     final = export(trainer.model, tokenizer, config.out / "final")
     metrics = _metrics(config, trainer.state, output.metrics, session, (train_set, eval_set))
+    metrics["stopped_by_time_budget"] = budget.stopped
+    metrics["bf16"] = trainer.args.bf16
+    if budget.stopped:
+        console.print(f"[yellow]stopped by the time budget ({config.time_budget_min:g} min) at "
+                      f"step {trainer.state.global_step} of {trainer.state.max_steps}[/]")
     (config.out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     plot(metrics, config.out / "loss.png", console)
     console.print(f"[green]trained[/] {metrics['steps']} steps; model in {final}")
@@ -307,6 +331,28 @@ def _callback(cls: type) -> type:
     return type(cls.__name__, (cls, TrainerCallback), {})
 
 
+class TimeBudget:
+    """Trainer callback: ends training once ``minutes`` have passed since it began (this call;
+    a resumed run gets a new budget), saving a checkpoint there. The learning-rate schedule is
+    still the one for the planned steps: choose ``--max-steps`` near what fits the budget for
+    a schedule that runs its course."""
+
+    def __init__(self, minutes: float | None) -> None:
+        self.seconds = None if minutes is None else minutes * 60.0
+        self.started = 0.0
+        self.stopped = False
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.started = time.monotonic()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.seconds is not None and time.monotonic() - self.started >= self.seconds \
+                and state.global_step < state.max_steps:
+            self.stopped = True
+            control.should_training_stop = True
+            control.should_save = True
+
+
 class Session:
     """Trainer callback: where this ``train()`` call started, for its speed figures."""
 
@@ -407,6 +453,10 @@ def train(
                             ] = ",".join(DEFAULT_TARGETS),
     threads: Annotated[int | None, Opt(help="CPU threads for torch (1 is fastest on a busy "
                                             "machine).")] = None,
+    bf16: Annotated[bool | None, Opt("--bf16/--fp32", help="bfloat16 autocast [default: where "
+                                     "the GPU or CPU computes bf16 natively].")] = None,
+    time_budget: Annotated[float | None, Opt(help="Minutes: stop there (checkpoint, eval, "
+                                                  "export) if not done.")] = None,
 ) -> None:
     """Fine-tune a causal LM on SFT data (loss on the assistant spans only)."""
     targets = tuple(t.strip() for t in lora_targets.split(",") if t.strip())
@@ -415,7 +465,8 @@ def train(
                        grad_accum=grad_accum, max_length=max_length, eval_data=eval_data,
                        resume=resume, seed=seed, device=device, log_steps=log_steps,
                        eval_steps=eval_steps, save_steps=save_steps, lora_r=lora_r,
-                       lora_alpha=lora_alpha, lora_targets=targets, threads=threads)
+                       lora_alpha=lora_alpha, lora_targets=targets, threads=threads,
+                       bf16=bf16, time_budget_min=time_budget)
     console = Console()
     try:
         run(config, console=console)

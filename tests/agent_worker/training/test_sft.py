@@ -256,3 +256,20 @@ def test_full_fine_tuning_trains_and_exports_the_weights_themselves(tmp_path: Pa
     assert {"model.layers.0.self_attn.q_proj.weight", "model.layers.29.mlp.down_proj.weight",
             "model.norm.weight"} <= changed
     assert not any("lora" in name for name in tuned_params)
+
+
+def test_a_time_budget_ends_the_run_with_a_checkpoint_and_an_export(tmp_path: Path,
+                                                                    smollm2_dir: Path) -> None:
+    config = sft.SftConfig(data=TINY, model=smollm2_dir, out=tmp_path / "run", max_steps=50,
+                           lr=1e-4, grad_accum=1, max_length=64, threads=1, bf16=False,
+                           time_budget_min=1e-6)
+    result = sft.run(config)
+
+    assert result.metrics["steps"] == 1 and result.metrics["stopped_by_time_budget"]
+    assert result.metrics["bf16"] is False
+    assert (tmp_path / "run" / "checkpoint-1").is_dir()
+    assert weights.source(result.final).path == tmp_path / "run" / "final"
+
+
+def test_bf16_on_the_cpu_is_what_was_asked() -> None:
+    assert sft.use_bf16(False, "cpu") is False and sft.use_bf16(True, "cpu") is True
