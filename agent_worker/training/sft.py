@@ -405,6 +405,9 @@ class RichProgress:
         logs = logs or {}
         if self.progress is not None and self.task is not None and "loss" in logs:
             self.progress.update(self.task, loss=f"{logs['loss']:.4f}")
+            if not self.console.is_terminal:  # a log file gets no live bar: a line per log
+                self.console.print(f"step {state.global_step}/{state.max_steps}: loss "
+                                   f"{logs['loss']:.4f}")
         if "eval_loss" in logs:
             self.console.print(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}")
 
