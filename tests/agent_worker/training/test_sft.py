@@ -167,6 +167,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> Path
         "--max-steps", "12", "--lr", "5e-3", "--batch-size", "1", "--grad-accum", "1",
         "--max-length", "112", "--log-steps", "2", "--threads", "1", "--seed", "0"])
     assert result.exit_code == 0, result.output
+    assert "step 2/12: loss" in result.output  # not a terminal: a line per logged loss
     return root / "run"
 
 
