@@ -222,7 +222,10 @@ def bench_tau2(
         tool_listing: Annotated[str | None, typer.Option(
             help="How the system prompt lists the tools: full or compact (agent_worker.prompt); "
             "default: the --held-out data's, else full. Use the listing the model was trained "
-            "on.")] = None) -> None:
+            "on.")] = None,
+        threads: Annotated[int | None, typer.Option(
+            help="torch's CPU threads for the local models (on a busy machine 1 is often "
+            "fastest).")] = None) -> None:
     """Streaming replay of τ² tasks: the synchronous baseline and the speculative agent side by
     side through a real gateway, graded by τ²'s DB hash; post-turn latency, speedup, ideal
     bound. With --model, a real local model (its measured compute time on the simulated clock)
@@ -233,7 +236,8 @@ def bench_tau2(
     _run_tau2(lambda: tau2_run.options_from(
         domain, corrections, profile, tasks, task_id or [], tool_latency, seed, out, home,
         model=model, baseline_model=baseline_model, held_out=held_out, device=device,
-        max_new_tokens=max_new_tokens, tool_listing=tool_listing), tau2_run.main)
+        max_new_tokens=max_new_tokens, tool_listing=tool_listing, threads=threads),
+        tau2_run.main)
 
 
 @conformance_app.command("tau2")

@@ -64,8 +64,9 @@ class Idempotent:
                                self.request_hash, handler)
 
 
-async def idempotent(request: Request, rt: RuntimeDep, principal: CurrentKey,
+async def idempotent(request: Request, principal: CurrentKey,
                      idempotency_key: Annotated[str | None, Header()] = None) -> Idempotent:
+    rt: Runtime = request.app.state.runtime
     digest = ""
     if idempotency_key is not None:
         body = await request.body()

@@ -69,6 +69,7 @@ class Options:
     device: str | None = None  # of the local models; default: CUDA when present, else CPU
     max_new_tokens: int = 256  # per step of a local model
     tool_listing: ToolListing = "full"  # how the system prompt lists the tools
+    threads: int | None = None  # torch's CPU threads for the local models; None: its default
 
     @property
     def latency_profile(self) -> LatencyProfile:
@@ -138,7 +139,8 @@ def options_from(domain: str, corrections: bool, profile_name: str, tasks: int |
                  task_ids: list[str], tool_latency: str, seed: int, out: str | None,
                  home: str, model: str | None = None, baseline_model: str | None = None,
                  held_out: str | None = None, device: str | None = None,
-                 max_new_tokens: int = 256, tool_listing: str | None = None) -> Options:
+                 max_new_tokens: int = 256, tool_listing: str | None = None,
+                 threads: int | None = None) -> Options:
     """The command line's choices, checked (``ValueError`` names the offending option)."""
     from agent_worker.local import weights
     from gateway.conformance.run import options_from as conformance_options
@@ -150,6 +152,8 @@ def options_from(domain: str, corrections: bool, profile_name: str, tasks: int |
         manifest = data_manifest(Path(held_out))
         task_ids = [*task_ids, *held_out_ids(manifest, Path(held_out), domain)]
         listing = tool_listing or manifest.get("parameters", {}).get("tool_listing", "full")
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads {threads}: at least 1")
     if listing not in TOOL_LISTINGS:
         raise ValueError(f"--tool-listing {listing!r}: one of {', '.join(TOOL_LISTINGS)}")
     checked = conformance_options(domain, tasks, task_ids, False, None, home)
@@ -163,7 +167,7 @@ def options_from(domain: str, corrections: bool, profile_name: str, tasks: int |
                    tool_latency=latency_range(tool_latency), seed=seed,
                    out=Path(out) if out else None, home=Path(home), model=paths[0],
                    baseline_model=paths[1], device=device, max_new_tokens=max_new_tokens,
-                   tool_listing=cast(ToolListing, listing))
+                   tool_listing=cast(ToolListing, listing), threads=threads)
 
 
 def data_manifest(where: Path) -> dict[str, Any]:
@@ -223,6 +227,10 @@ class Harness:
         from agent_worker.local import weights
 
         if path not in self._models:
+            if options.threads is not None:
+                import torch
+
+                torch.set_num_threads(options.threads)  # this process runs one model at a time
             self._models[path] = weights.load(path, device=options.device)
         model, tokenizer = self._models[path]
         return LocalBackend(model, tokenizer, clock=clock, max_new_tokens=options.max_new_tokens)

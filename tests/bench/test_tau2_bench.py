@@ -303,6 +303,9 @@ def test_held_out_tasks_and_tool_listing_come_from_a_data_manifest(tmp_path: Pat
     assert airline.task_ids == ("3",) and airline.tool_listing == "full"
     with pytest.raises(ValueError, match="--tool-listing 'short'"):
         options("retail", tmp_path, "short")
+    with pytest.raises(ValueError, match="--threads 0: at least 1"):
+        options_from("retail", False, "cloud", None, ["7"], "0.5-1", 0, None, str(tmp_path),
+                     threads=0)
     (tmp_path / "manifest.json").write_text(json.dumps({"split": {"test": ["bfcl-base-2"]}}))
     with pytest.raises(ValueError, match="has no retail task"):
         options("retail", tmp_path)
