@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from agent_worker.bench.tau2_run import Options, TaskRow
+    from agent_worker.bench.tau2_run import ModeResult, Options, TaskRow
 
 MODES = ("baseline", "speculative")
 NOTES = [
@@ -63,6 +63,13 @@ def _latencies(rows: Sequence[TaskRow], mode: str) -> dict[str, float | None]:
     ends = [v for v in end if v is not None]
     return {"median": _ms(percentile(starts, 0.5)), "p90": _ms(percentile(starts, 0.9)),
             "to_end_median": _ms(percentile(ends, 0.5)), "to_end_p90": _ms(percentile(ends, 0.9))}
+
+
+def _failure(task_id: str, mode: str, result: ModeResult) -> str:
+    """A failed run in a line: the error, and what the model did before it."""
+    did = ", ".join(f"{n} {action}" for action, n in result.actions.items()) or "no action"
+    return (f"task {task_id} {mode}: {result.error or 'hash differs'} ({result.steps} steps, "
+            f"{result.model_errors} malformed; {did})")
 
 
 def _calls(rows: Sequence[TaskRow], mode: str) -> dict[str, int]:
@@ -119,7 +126,7 @@ def summarize(rows: Sequence[TaskRow], options: Options, wall_s: float) -> dict[
         "session_wall_s": {m: round(sum(r.results[m].wall_s for r in rows), 1) for m in MODES},
         "simulated_s": {m: round(sum(r.results[m].answered_at or 0.0 for r in rows), 1)
                         for m in MODES},
-        "failures": [f"task {r.task_id} {m}: {r.results[m].error or 'hash differs'}"
+        "failures": [_failure(r.task_id, m, r.results[m])
                      for r in rows for m in MODES if not r.results[m].accurate],
     }
     if options.corrections:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -100,6 +101,7 @@ class ModeResult:
     interrupts: int = 0
     model_errors: int = 0
     calls: dict[str, int] = field(default_factory=dict)  # issued, committed, cancelled, failed
+    actions: dict[str, int] = field(default_factory=dict)  # the model's: pause, tool_call, …
     issued_while_speaking: int = 0
     wrong_calls: int = 0  # carrying the corrected (wrong) value
     wrong_writes: int = 0  # of them, writes (held or staged, then undone)
@@ -305,6 +307,10 @@ class Harness:
                 options.session_limit_s)
         except (AgentError, TimeoutError) as error:
             result.error = f"{type(error).__name__}: {error}"
+            # what the model did before the session failed (a weak model's failures differ)
+            result.steps = len(trace.of("generation_start"))
+            result.interrupts = len(trace.of("interrupt"))
+            result.model_errors = len(trace.of("model_error"))
         else:
             turn = outcome.turn
             result.post_turn_s = turn.post_turn_latency
@@ -314,6 +320,7 @@ class Harness:
             result.steps, result.interrupts = turn.steps, turn.interrupts
             result.model_errors = turn.errors
         result.wall_s = time.perf_counter() - started
+        result.actions = dict(sorted(Counter(r["action"] for r in trace.of("action")).items()))
         await _count_calls(gateway, trace, stream, result)
         result.db_hash = seeder.db_hash()
         result.accurate = result.error is None and result.db_hash == expected_hash

@@ -38,6 +38,7 @@ from agent_worker.bench.tau2_stream import (
 from agent_worker.clock import VirtualClock
 from agent_worker.model import Context, profile
 from agent_worker.protocol import ToolCall
+from agent_worker.runtime import AgentConfig
 from tests.conftest import make_settings
 
 # The end-to-end tasks: retail 0 (a sensitive exchange after reads chained on results; its
@@ -280,8 +281,13 @@ def test_a_local_model_runs_both_modes_on_the_simulated_clock(
         assert result["error"] is not None and "malformed model steps" in result["error"]
         assert result["calls"]["committed"] == 0 and not result["accurate"]
         assert result["wall_s"] > 0
+        # what the model did before failing is kept: more steps than the error limit
+        assert result["model_errors"] > AgentConfig().max_errors
+        assert result["steps"] >= result["model_errors"]
     summary = report["summary"]
     assert summary["speculative_accurate"] == summary["baseline_accurate"] == 0
+    assert all(f"steps, {r['model_errors']} malformed" in line for r, line in
+               zip(row["results"].values(), summary["failures"], strict=True))
     assert summary["model"] == str(smollm2_dir)
 
 
