@@ -64,14 +64,17 @@ class Idempotent:
                                self.request_hash, handler)
 
 
-async def idempotent(request: Request, principal: CurrentKey,
+async def idempotent(request: Request,
                      idempotency_key: Annotated[str | None, Header()] = None) -> Idempotent:
-    rt: Runtime = request.app.state.runtime
+    # Runtime and key are looked up here rather than declared as sub-dependencies: FastAPI
+    # would solve those again for every request (it caches their values, not the work of
+    # extracting their parameters), which costs more than the lookups themselves.
+    principal = await current_key(request, request.headers.get("authorization"))
     digest = ""
     if idempotency_key is not None:
         body = await request.body()
         digest = idempotency.fingerprint(request.method, request.url.path, body)
-    return Idempotent(rt, principal.tenant, idempotency_key, digest)
+    return Idempotent(await get_runtime(request), principal.tenant, idempotency_key, digest)
 
 
 IdempotentDep = Annotated[Idempotent, Depends(idempotent)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 from prometheus_client import Counter, Gauge, Histogram
 
 CALLS = Counter("specgate_calls_total", "Call state transitions, by effect class and new status",
@@ -18,8 +20,19 @@ _DROPPED = {"cancelled", "conflict", "expired", "aborted"}
 
 
 def call_moved(effect: str, status: str) -> None:
-    CALLS.labels(effect=effect, status=status).inc()
+    _moved(effect, status).inc()
     if status in _KEPT:
-        SPECULATION.labels(outcome="kept").inc()
+        _speculation("kept").inc()
     elif status in _DROPPED:
-        SPECULATION.labels(outcome="cancelled").inc()
+        _speculation("cancelled").inc()
+
+
+# Every call moves several times: its counters are found once, not by label each time.
+@cache
+def _moved(effect: str, status: str) -> Counter:
+    return CALLS.labels(effect=effect, status=status)
+
+
+@cache
+def _speculation(outcome: str) -> Counter:
+    return SPECULATION.labels(outcome=outcome)

@@ -15,9 +15,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg.pq import TransactionStatus
 from sqlalchemy import exc
 from sqlalchemy.orm import Session
 
+from gateway.ledger.service import driver
 from gateway.runtime import Runtime
 from gateway.tools.registry import RegisteredTool
 from gateway.turns.holder import HeldConnection, ToolSession, TurnHold
@@ -118,15 +120,18 @@ def hold_for(rt: Runtime, turn_id: str, adapter: str) -> tuple[TurnHold, HeldCon
 
 def _read_only(rt: Runtime, adapter: str, body: Callable[[Session], Any],
                timeout_s: float) -> Any:
-    """Run a read in its own read-only transaction, rolled back. The transaction is begun by
-    hand on an autocommit connection so its setup is one round trip, not two."""
-    engine = rt.dbs.tool_engine(adapter)
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.exec_driver_sql("BEGIN READ ONLY; "
-                             f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
+    """Run a read in its own read-only transaction, rolled back. The transaction is begun and
+    ended on the driver of an autocommit connection, one round trip each. SQLAlchemy's own
+    transaction around it sends nothing, and lets the tool's session join rather than end
+    it: the driver's ``rollback()`` would also make the connection forget its prepared
+    statements."""
+    with rt.dbs.autocommit(rt.dbs.tool_url(adapter)) as conn, conn.begin():
+        raw = driver(conn)
+        raw.execute(f"BEGIN READ ONLY; SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
         session = ToolSession(conn)
         try:
             return body(session)
         finally:
             session.close()
-            conn.exec_driver_sql("ROLLBACK")
+            if raw.info.transaction_status != TransactionStatus.IDLE:
+                raw.execute("ROLLBACK")

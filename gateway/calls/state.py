@@ -15,7 +15,7 @@ from sqlalchemy import Connection, Row, select
 
 from gateway.errors import NotFound
 from gateway.ledger import models
-from gateway.ledger.service import Subject
+from gateway.ledger.service import Subject, driver
 from gateway.ledger.states import LIVE_CALL_STATUSES, RESULT_STATUSES, CallStatus
 
 
@@ -141,23 +141,34 @@ def load_call(conn: Connection, call_id: str, tenants: Collection[str]) -> CallS
     return call
 
 
+def _select(cls: type, table: str) -> str:
+    return f"SELECT {', '.join(f.name for f in fields(cls))} FROM {table}"
+
+
+# Read whenever a turn opens or a session's scope is not cached, so straight to the driver, as
+# the ledger's hot writes are: building and compiling a Core statement costs several times the
+# query itself.
+_CALLS_OF_TURN = _select(CallState, "calls") + " WHERE turn_id = %s ORDER BY seq"
+_LATEST_TURN = (_select(TurnState, "turns") + " WHERE session_id = %(session)s AND tenant = "
+                "%(tenant)s ORDER BY seq DESC LIMIT 1")
+_TURN = (_select(TurnState, "turns") + " WHERE session_id = %(session)s AND tenant = %(tenant)s "
+         "AND id = %(turn)s")
+
+
 def load_calls(conn: Connection, turn_id: str) -> list[CallState]:
-    table = models.table_of(models.Call)
-    rows = conn.execute(select(table).where(table.c.turn_id == turn_id).order_by(table.c.seq))
-    return [CallState.from_row(row) for row in rows]
+    rows = driver(conn).execute(_CALLS_OF_TURN, [turn_id]).fetchall()
+    return [CallState(*row) for row in rows]
 
 
 def load_turn(conn: Connection, tenant: str, session_id: str, turn_id: str | None) -> TurnState:
     """A turn of a session of this tenant (the latest when ``turn_id`` is None), or 404."""
-    table = models.table_of(models.Turn)
-    query = select(table).where(table.c.session_id == session_id, table.c.tenant == tenant)
-    if turn_id is not None:
-        query = query.where(table.c.id == turn_id)
-    row = conn.execute(query.order_by(table.c.seq.desc()).limit(1)).first()
+    row = driver(conn).execute(_LATEST_TURN if turn_id is None else _TURN,
+                               {"session": session_id, "tenant": tenant, "turn": turn_id}
+                               ).fetchone()
     if row is None:
         what = f"turn {turn_id!r}" if turn_id else f"session {session_id!r}"
         raise NotFound(f"{what} not found")
-    return TurnState.from_row(row)
+    return TurnState(*row)
 
 
 def load_scope(conn: Connection, tenant: str, session_id: str,

@@ -102,11 +102,16 @@ def _dumps(value: Any) -> str:
 
 def _adapt(table: Table, values: Mapping[str, Any]) -> dict[str, Any]:
     """Parameters for the driver: JSONB columns wrapped (a JSON ``null`` stays SQL NULL)."""
+    jsonb = _jsonb_columns(table)
     return {
-        key: Jsonb(value, dumps=_dumps)
-        if value is not None and isinstance(table.c[key].type, JSONB) else value
+        key: Jsonb(value, dumps=_dumps) if value is not None and key in jsonb else value
         for key, value in values.items()
     }
+
+
+@lru_cache(maxsize=64)
+def _jsonb_columns(table: Table) -> frozenset[str]:
+    return frozenset(c.key for c in table.c if isinstance(c.type, JSONB))
 
 
 @lru_cache(maxsize=256)

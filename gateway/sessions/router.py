@@ -42,8 +42,7 @@ def get_session(session_id: str, rt: RuntimeDep, key: CurrentKey) -> SessionView
 def open_turn(session_id: str, rt: RuntimeDep, key: CurrentKey, idem: IdempotentDep) -> Response:
     def handler() -> tuple[int, object]:
         with service.scope_of(rt, key.tenant, session_id):
-            turn_id = turns_service.open_next_turn(rt, key.tenant, session_id)
-        scope = turns_service.reload(rt, key.tenant, session_id, turn_id)
+            scope = turns_service.open_next_turn(rt, key.tenant, session_id)
         return 201, service.turn_view(scope).model_dump(mode="json")
 
     return idem.run(handler)

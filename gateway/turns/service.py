@@ -32,7 +32,6 @@ from gateway.ledger.service import (
     COMMIT,
     CallMove,
     Move,
-    Subject,
     batched,
     create_row,
     ensure_chain,
@@ -49,13 +48,17 @@ log = logging.getLogger("specgate.turns")
 S, T = CallStatus, TurnStatus
 
 
-def insert_turn(conn: Connection, rt: Runtime, tenant: str, session_id: str, seq: int) -> str:
-    turn_id = models.new_id("turn")
-    values = {"id": turn_id, "session_id": session_id, "tenant": tenant, "seq": seq,
-              "status": T.OPEN, "expires_at": now() + timedelta(seconds=rt.settings.turn_ttl_s)}
-    create_row(conn, models.Turn, values, [Move(Subject(tenant, session_id, turn_id), None,
-                                                T.OPEN)])
-    return turn_id
+def insert_turn(conn: Connection, rt: Runtime, tenant: str, session_id: str,
+                seq: int) -> TurnState:
+    """Write a new open turn; returns it as the ledger now has it (its times are set here, so
+    nothing needs reading back)."""
+    at = now()
+    turn = TurnState(id=models.new_id("turn"), session_id=session_id, tenant=tenant, seq=seq,
+                     status=T.OPEN, opened_at=at,
+                     expires_at=at + timedelta(seconds=rt.settings.turn_ttl_s),
+                     decided_at=None, error=None)
+    create_row(conn, models.Turn, vars(turn), [Move(turn.subject, None, T.OPEN)])
+    return turn
 
 
 def create_session(rt: Runtime, tenant: str, metadata: dict[str, Any]) -> str:
@@ -70,14 +73,18 @@ def create_session(rt: Runtime, tenant: str, metadata: dict[str, Any]) -> str:
     return session_id
 
 
-def open_next_turn(rt: Runtime, tenant: str, session_id: str) -> str:
+def open_next_turn(rt: Runtime, tenant: str, session_id: str) -> TurnScope:
+    """Open the session's next turn (under the session's lock) and keep it as the session's
+    scope: the first call of the turn then needs no read of the ledger."""
     rt.forget_scope(session_id)
     with rt.dbs.ledger.begin() as conn:
         last = load_turn(conn, tenant, session_id, None)
         if last.status not in RESOLVED_TURN_STATUSES:
             raise Conflict(f"turn {last.id!r} is still {last.status}; commit or cancel it first",
                            code="turn_unresolved")
-        return insert_turn(conn, rt, tenant, session_id, last.seq + 1)
+        scope = TurnScope(insert_turn(conn, rt, tenant, session_id, last.seq + 1))
+    rt.scopes[session_id] = scope
+    return scope
 
 
 def _move_turn(rt: Runtime, turn: TurnState, target: str, **values: Any) -> None:
