@@ -50,7 +50,10 @@ def make_engine(url: str, *, pool_size: int = 10, **kwargs: Any) -> Engine:
     )
 
 
-def _driver(conn: Connection) -> psycopg.Connection[Any]:
+def driver(conn: Connection | psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    """The driver connection under a SQLAlchemy connection (or the driver connection given)."""
+    if isinstance(conn, psycopg.Connection):
+        return conn
     raw = conn.connection.driver_connection
     assert isinstance(raw, psycopg.Connection)
     return raw
@@ -113,7 +116,7 @@ class Databases:
         written later through ``ledger`` flushes the WAL up to and past them."""
         conn = self._own()
         try:
-            yield _driver(conn)
+            yield driver(conn)
         except psycopg.OperationalError:
             self._drop_own(conn)
             raise
@@ -135,7 +138,7 @@ class Databases:
             # Its next user would write the ledger inside whatever is left open: a connection
             # not back to idle (an interrupted rollback, a broken link) is not reused.
             if (conn.invalidated
-                    or _driver(conn).info.transaction_status != TransactionStatus.IDLE):
+                    or driver(conn).info.transaction_status != TransactionStatus.IDLE):
                 self._drop_own(conn)
 
     def tool_url(self, adapter: str) -> str:

@@ -19,7 +19,7 @@ from psycopg.pq import TransactionStatus
 from sqlalchemy import exc
 from sqlalchemy.orm import Session
 
-from gateway.ledger.service import driver
+from gateway.db import driver
 from gateway.runtime import Runtime
 from gateway.tools.registry import RegisteredTool
 from gateway.turns.holder import HeldConnection, ToolSession, TurnHold

@@ -13,9 +13,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, select
 
+from gateway.db import driver
 from gateway.errors import NotFound
 from gateway.ledger import models
-from gateway.ledger.service import Subject, driver
+from gateway.ledger.service import Subject
 from gateway.ledger.states import LIVE_CALL_STATUSES, RESULT_STATUSES, CallStatus
 
 

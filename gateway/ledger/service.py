@@ -25,6 +25,7 @@ from sqlalchemy import Connection, Table, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from gateway.db import driver
 from gateway.ledger import models
 from gateway.ledger.states import call_move_allowed, turn_move_allowed
 
@@ -163,15 +164,6 @@ def _run(conn: LedgerConn, sql: str, params: dict[str, Any], tenant: str,
         pending.append((what, cursor))
         return True
     return cursor.fetchone() is not None
-
-
-def driver(conn: LedgerConn) -> psycopg.Connection[Any]:
-    """The driver connection under a SQLAlchemy connection (or the driver connection given)."""
-    if isinstance(conn, psycopg.Connection):
-        return conn
-    raw = conn.connection.driver_connection
-    assert isinstance(raw, psycopg.Connection)
-    return raw
 
 
 def ensure_chain(conn: Connection, tenant: str) -> None:

@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from gateway.calls.schemas import IssueCall
 from gateway.calls.service import issue_call
-from gateway.ledger.service import driver
+from gateway.db import driver
 from gateway.runtime import Runtime
 from gateway.sessions.service import scope_of
 from gateway.tools.registry import Registry
