@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from gateway import metrics, recovery
 from gateway.admin import router as admin_router
@@ -20,8 +21,9 @@ from gateway.auth import router as auth_router
 from gateway.auth.service import KeyCache
 from gateway.calls import router as calls_router
 from gateway.config import Settings, get_settings
-from gateway.errors import SpecgateError
+from gateway.errors import SpecgateError, error_response
 from gateway.runtime import Runtime
+from gateway.sessions import fastpath
 from gateway.sessions import router as sessions_router
 from gateway.tools import router as tools_router
 
@@ -57,6 +59,16 @@ class Maintenance:
             self._thread.join(timeout=10)
 
 
+class GatewayApp(FastAPI):
+    """The FastAPI app, with the hot route's fast path in front (``sessions.fastpath``)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if fastpath.matches(scope):
+            await fastpath.serve(self.state, super().__call__, scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
 def _error(status: int, code: str, message: str, **details: object) -> JSONResponse:
     return JSONResponse(SpecgateError(message, code=code, **details).to_body(),
                           status_code=status)
@@ -65,7 +77,7 @@ def _error(status: int, code: str, message: str, **details: object) -> JSONRespo
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SpecgateError)
     async def specgate_error(request: Request, error: SpecgateError) -> JSONResponse:
-        return JSONResponse(error.to_body(), status_code=error.status_code)
+        return error_response(error)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -99,7 +111,7 @@ def create_app(settings: Settings | None = None, *, gateway_id: str | None = Non
             maintenance.stop()
             rt.close()
 
-    app = FastAPI(title="specgate", version="0.1.0", lifespan=lifespan,
+    app = GatewayApp(title="specgate", version="0.1.0", lifespan=lifespan,
                   description="Tool-execution gateway for speculative voice agents.")
     install_error_handlers(app)
     for module in (sessions_router, calls_router, tools_router, auth_router, admin_router):

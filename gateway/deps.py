@@ -27,12 +27,16 @@ async def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    if authorization and authorization.lower().startswith("bearer "):
+        return authorization[7:].strip()
+    return None
+
+
 async def current_key(request: Request,
                       authorization: Annotated[str | None, Header()] = None) -> Principal:
     keys: KeyCache = request.app.state.keys
-    token = None
-    if authorization and authorization.lower().startswith("bearer "):
-        token = authorization[7:].strip()
+    token = bearer_token(authorization)
     cached = keys.cached(token)
     if cached is not None:
         return cached
@@ -59,6 +63,12 @@ class Idempotent:
     key: str | None
     request_hash: str
 
+    @classmethod
+    def of(cls, runtime: Runtime, principal: Principal, key: str | None, method: str,
+           path: str, body: bytes) -> Idempotent:
+        digest = "" if key is None else idempotency.fingerprint(method, path, body)
+        return cls(runtime, principal.tenant, key, digest)
+
     def run(self, handler: Callable[[], tuple[int, Any]]) -> Response:
         return idempotency.run(self.runtime.dbs.ledger, self.tenant, self.key,
                                self.request_hash, handler)
@@ -70,11 +80,9 @@ async def idempotent(request: Request,
     # would solve those again for every request (it caches their values, not the work of
     # extracting their parameters), which costs more than the lookups themselves.
     principal = await current_key(request, request.headers.get("authorization"))
-    digest = ""
-    if idempotency_key is not None:
-        body = await request.body()
-        digest = idempotency.fingerprint(request.method, request.url.path, body)
-    return Idempotent(await get_runtime(request), principal.tenant, idempotency_key, digest)
+    body = await request.body() if idempotency_key is not None else b""
+    return Idempotent.of(await get_runtime(request), principal, idempotency_key,
+                         request.method, request.url.path, body)
 
 
 IdempotentDep = Annotated[Idempotent, Depends(idempotent)]

@@ -1,7 +1,8 @@
 """Errors the gateway answers with, one stable ``code`` each.
 
 Every error a client can cause or observe is a ``SpecgateError``; the HTTP mapping lives in one
-handler (``gateway.app``), which renders ``{"error": {"code", "message"}}``. Anything else that
+function (``error_response``, the app's handler and the hot route's fast path), which renders
+``{"error": {"code", "message"}}``. Anything else that
 escapes a route is a bug and becomes a 500 without hiding it from the logs.
 
     SpecgateError
@@ -18,6 +19,8 @@ escapes a route is a bug and becomes a 500 without hiding it from the logs.
 from __future__ import annotations
 
 from typing import Any
+
+from starlette.responses import JSONResponse
 
 
 class SpecgateError(Exception):
@@ -36,6 +39,10 @@ class SpecgateError(Exception):
         if self.details:
             body["details"] = self.details
         return {"error": body}
+
+
+def error_response(error: SpecgateError) -> JSONResponse:
+    return JSONResponse(error.to_body(), status_code=error.status_code)
 
 
 class BadRequest(SpecgateError):

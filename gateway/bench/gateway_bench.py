@@ -34,6 +34,7 @@ from gateway.bench.scenarios import (
     commit_step,
     direct_step,
     http_floor_step,
+    httpx_floor_step,
     plain_celery_step,
     reversible_step,
     safe_step,
@@ -43,7 +44,8 @@ from gateway.bench.stats import Summary, summarize
 from gateway.config import Settings
 from gateway.localserver import LocalGateway, LocalWorker, exit_on_sigterm
 
-SCENARIOS = ("direct", "http_floor", "safe", "reversible", "commit", "plain_celery", "task")
+SCENARIOS = ("direct", "http_floor", "http_floor_httpx", "safe", "reversible", "commit",
+             "plain_celery", "task")
 TASK_SCENARIOS = frozenset({"plain_celery", "task"})
 DEFAULT_CALLS = 200
 DEFAULT_TOTAL_AT_CONCURRENCY = 160
@@ -113,8 +115,9 @@ def _workers(run: _Run, scenario: str, count: int) -> list[Worker]:
         return [Worker(partial(direct_step, run.engine, s.order_id)) for s in chosen]
     if scenario == "plain_celery":
         return [Worker(partial(plain_celery_step, PlainCelery(run.celery, s.sku))) for s in chosen]
-    step = {"http_floor": http_floor_step, "safe": safe_step, "reversible": reversible_step,
-            "commit": commit_step, "task": task_step}[scenario]
+    step = {"http_floor": http_floor_step, "http_floor_httpx": httpx_floor_step,
+            "safe": safe_step, "reversible": reversible_step, "commit": commit_step,
+            "task": task_step}[scenario]
     return [Worker(partial(step, s), s.settle) for s in chosen]
 
 
@@ -172,7 +175,7 @@ def _gateway_up(settings: Settings, url: str, tool_url: str, key: str,
 
 def _close_all(sessions: list[BenchSession]) -> None:
     for session in sessions:
-        session.http.close()
+        session.close()
 
 
 def run_benchmark(settings: Settings, options: Options,

@@ -17,6 +17,7 @@ from gateway.bench.stats import Summary
 LABELS = {
     "direct": "direct get_order",
     "http_floor": "HTTP floor (GET /v1/tools)",
+    "http_floor_httpx": "HTTP floor, httpx client",
     "safe": "safe call (get_order)",
     "reversible": "held call (add_item)",
     "commit": "commit, 5 held calls",
@@ -33,9 +34,11 @@ NOTES = [
     "client's own work competes with what it measures",
     "direct = the tool function in this process (pooled connection, read-only transaction, "
     "rolled back); the others = HTTP on loopback to a real gateway, keep-alive, one "
-    "connection and one thread per session",
+    "connection and one thread per session, through the standard library's http.client",
     "HTTP floor = an authenticated GET /v1/tools (no database): what the web stack and the "
-    "client cost per request on this machine, part of every gateway figure below it",
+    "client cost per request on this machine, part of every gateway figure below it; the "
+    "httpx row is the same request through httpx: the difference is what that client "
+    "library adds to each request (not the gateway's overhead, so not in the rows below)",
     "calls/s = sessions / mean latency (closed loop, Little's law)",
     "each session adds its own product (session 1: 'filter', the others a copy of it): a held "
     "add_item locks its product row until commit, so a shared one would measure that queue",

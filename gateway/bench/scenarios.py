@@ -8,6 +8,7 @@ an ever longer call list and measure that instead.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from gateway.bench.client import KeepAliveClient
 from gateway.tasks.celery_app import PLAIN_TASK_NAME, QUEUE
 from tool_adapters.demo import ADAPTER
 from tool_adapters.sdk import ToolContext
@@ -45,7 +47,8 @@ class BenchError(RuntimeError):
 class BenchSession:
     """One gateway session, driven by one thread over one keep-alive HTTP connection."""
 
-    http: httpx.Client
+    http: KeepAliveClient
+    httpx: httpx.Client
     sku: str
     sid: str = ""
     tid: str = ""
@@ -58,14 +61,21 @@ class BenchSession:
     @classmethod
     def connect(cls, base_url: str, key: str, sku: str) -> BenchSession:
         headers = {"Authorization": f"Bearer {key}"}
-        return cls(httpx.Client(base_url=base_url, headers=headers, timeout=60.0), sku)
+        return cls(KeepAliveClient(base_url, headers),
+                   httpx.Client(base_url=base_url, headers=headers, timeout=60.0), sku)
+
+    def close(self) -> None:
+        self.http.close()
+        self.httpx.close()
 
     def post(self, path: str, body: dict[str, Any], expect: int) -> dict[str, Any]:
-        response = self.http.post(path, json=body)
-        if response.status_code != expect:
-            raise BenchError(f"POST {path} answered {response.status_code}, expected {expect}: "
-                             f"{response.text[:500]}")
-        data: dict[str, Any] = response.json()
+        status, raw = self.http.post(path, body)
+        if status != expect:
+            raise BenchError(f"POST {path} answered {status}, expected {expect}: "
+                             f"{raw[:500].decode(errors='replace')}")
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise BenchError(f"POST {path} answered {data!r}, not an object")
         return data
 
     def call(self, tool: str, arguments: dict[str, Any], expect: str,
@@ -137,9 +147,22 @@ def http_floor_step(s: BenchSession) -> float:
     """An authenticated ``GET /v1/tools``: HTTP, routing and auth, no database — the part of
     every gateway call that is the web stack rather than the gateway's own work."""
     def get() -> None:
-        response = s.http.get("/v1/tools")
+        status, raw = s.http.get("/v1/tools")
+        if status != 200:
+            raise BenchError(f"GET /v1/tools answered {status}")
+        json.loads(raw)
+
+    return _timed(get)
+
+
+def httpx_floor_step(s: BenchSession) -> float:
+    """The same ``GET /v1/tools`` through an httpx client (keep-alive, JSON decoded as an app
+    would): beside the floor above, what a heavier client library adds to every request."""
+    def get() -> None:
+        response = s.httpx.get("/v1/tools")
         if response.status_code != 200:
             raise BenchError(f"GET /v1/tools answered {response.status_code}")
+        response.json()
 
     return _timed(get)
 

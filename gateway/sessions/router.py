@@ -8,7 +8,6 @@ from fastapi import APIRouter, Query, Request
 from sse_starlette import EventSourceResponse
 from starlette.responses import Response
 
-from gateway.calls import service as calls_service
 from gateway.calls.schemas import CallView, IssueCall
 from gateway.deps import CurrentKey, IdempotentDep, RuntimeDep
 from gateway.events import service as events_service
@@ -54,18 +53,7 @@ def issue_call(session_id: str, body: IssueCall, rt: RuntimeDep, key: CurrentKey
     """Issue a call in the open turn. `db`-runner calls settle before the response; a
     `task`-runner call is queued for the tool worker, and `wait` returns once it has settled
     (or the time is up)."""
-
-    def handler() -> tuple[int, object]:
-        with service.scope_of(rt, key.tenant, session_id) as scope:
-            call, token = calls_service.issue_call(rt, scope, body)
-            ids = scope.client_ids()
-        if wait and call.status in calls_service.WORKER_OWNED:  # outside the session's lock
-            calls_service.wait_settled(rt, [call], min(wait, rt.settings.wait_max_s))
-        view = service.call_view(call, ids)
-        view.confirm_token = token
-        return 201, view.model_dump(mode="json")
-
-    return idem.run(handler)
+    return idem.run(lambda: service.issue(rt, key.tenant, session_id, body, wait))
 
 
 @router.post("/{session_id}/turns/{turn_id}/commit", response_model=TurnView)

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from sqlalchemy import Connection, select
 
 from gateway.calls import service as calls_service
-from gateway.calls.schemas import CallView
+from gateway.calls.schemas import CallView, IssueCall
 from gateway.calls.state import CallState, TurnScope, TurnState, load_calls, load_scope
 from gateway.errors import NotFound
 from gateway.ledger import models
@@ -39,6 +39,19 @@ def scope_of(rt: Runtime, tenant: str, session_id: str,
         except BaseException:
             rt.forget_scope(session_id)  # it may be half-updated: read it again next time
             raise
+
+
+def issue(rt: Runtime, tenant: str, session_id: str, request: IssueCall,
+          wait: float = 0) -> tuple[int, object]:
+    """``POST /v1/sessions/{id}/calls`` (its declared route and its fast path): status and body."""
+    with scope_of(rt, tenant, session_id) as scope:
+        call, token = calls_service.issue_call(rt, scope, request)
+        ids = scope.client_ids()
+    if wait and call.status in calls_service.WORKER_OWNED:  # outside the session's lock
+        calls_service.wait_settled(rt, [call], min(wait, rt.settings.wait_max_s))
+    view = call_view(call, ids)
+    view.confirm_token = token
+    return 201, view.model_dump(mode="json")
 
 
 def check_session(rt: Runtime, tenant: str, session_id: str) -> None:
