@@ -134,11 +134,15 @@ def keys_create(tenant: Annotated[str, typer.Option(help="Tenant the key belongs
 
 @bench_app.command("gateway")
 def bench_gateway(sessions: str = "1,32", calls: int | None = None, out: str | None = None,
-                  home: str = ".specgate/bench") -> None:
+                  home: str = ".specgate/bench",
+                  rounds: Annotated[int, typer.Option(
+                      help="Rounds per concurrency: each scenario runs a slice of its calls "
+                      "in each, so the scenarios share the machine's ups and downs.")] = 4,
+                  ) -> None:
     """Tool call latency alone vs through the gateway (safe, held, commit of 5 held calls)."""
     from gateway.bench.gateway_bench import main as bench_main
 
-    bench_main(sessions, calls, out, home, console)
+    bench_main(sessions, calls, out, home, console, rounds)
 
 
 Domain = Annotated[str, typer.Option(help="retail or airline.")]

@@ -11,7 +11,7 @@ the report says so and records the CPU used per call by the client, the gateway 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -22,7 +22,14 @@ import psutil
 import typer
 from celery import Celery
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from sqlalchemy import Engine
 
 from gateway.bench import harness, report
@@ -40,7 +47,7 @@ from gateway.bench.scenarios import (
     safe_step,
     task_step,
 )
-from gateway.bench.stats import Summary, summarize
+from gateway.bench.stats import Phase, Summary, merge, summarize
 from gateway.config import Settings
 from gateway.localserver import LocalGateway, LocalWorker, exit_on_sigterm
 
@@ -49,6 +56,7 @@ SCENARIOS = ("direct", "http_floor", "http_floor_httpx", "safe", "reversible", "
 TASK_SCENARIOS = frozenset({"plain_celery", "task"})
 DEFAULT_CALLS = 200
 DEFAULT_TOTAL_AT_CONCURRENCY = 160
+DEFAULT_ROUNDS = 4
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,7 @@ class Options:
     calls: int | None = None
     out: Path | None = None
     home: Path = Path(".specgate/bench")
+    rounds: int = DEFAULT_ROUNDS
 
     def calls_at(self, sessions: int) -> int:
         """Per session and scenario: 200 alone, fewer at concurrency, where each sample costs
@@ -71,6 +80,13 @@ class Options:
         """Untimed steps per session before the window: enough to open connections and fill
         caches; at concurrency the server is already warm from the earlier phases."""
         return max(1, min(10, self.calls_at(sessions) // 4) // sessions)
+
+    def rounds_at(self, sessions: int) -> list[int]:
+        """Calls per session in each round: ``calls_at`` split as evenly as it goes, no round
+        empty."""
+        calls = self.calls_at(sessions)
+        count = min(self.rounds, calls)
+        return [calls // count + (1 if i < calls % count else 0) for i in range(count)]
 
 
 def parse_sessions(text: str) -> list[int]:
@@ -122,22 +138,33 @@ def _workers(run: _Run, scenario: str, count: int) -> list[Worker]:
 
 
 def _measure(run: _Run, options: Options) -> list[Summary]:
-    """Every scenario at every concurrency, in a fixed order, one progress bar each."""
+    """Every scenario at every concurrency, in a fixed order, one progress bar each. Each
+    concurrency runs in rounds, every scenario a slice of its calls per round, so a change in
+    the machine's speed during the run (other tenants of its host) falls on every scenario
+    alike instead of on whichever one was running then: the overheads are differences of two
+    scenarios, and stay fair."""
     tasks = {(sc, n): run.progress.add_task(f"{report.LABELS[sc]} ×{n}", start=False,
                                             total=n * options.calls_at(n))
              for n in options.sessions for sc in SCENARIOS}
-    summaries = []
+    summaries: list[Summary] = []
     for n in options.sessions:
-        for scenario in SCENARIOS:
-            run.progress.start_task(tasks[scenario, n])
-            advance: Callable[[], None] = partial(run.progress.advance, tasks[scenario, n])
-            gateway = scenario not in ("direct", "plain_celery")
-            phase = run_phase(scenario, _workers(run, scenario, n), calls=options.calls_at(n),
-                              warmup=options.warmup_at(n), advance=advance, stop=run.stop,
-                              server_cpu=run.server_cpu if gateway else None,
-                              worker_cpu=run.worker_cpu if scenario in TASK_SCENARIOS else None)
-            summaries.append(summarize(phase))
+        rounds: dict[str, list[Phase]] = {scenario: [] for scenario in SCENARIOS}
+        for i, calls in enumerate(options.rounds_at(n)):
+            for scenario in SCENARIOS:
+                rounds[scenario].append(_phase(run, scenario, n, calls,
+                                               options.warmup_at(n) if i == 0 else 0,
+                                               tasks[scenario, n]))
+        summaries.extend(summarize(merge(rounds[scenario])) for scenario in SCENARIOS)
     return summaries
+
+
+def _phase(run: _Run, scenario: str, n: int, calls: int, warmup: int, task: TaskID) -> Phase:
+    run.progress.start_task(task)
+    gateway = scenario not in ("direct", "plain_celery")
+    return run_phase(scenario, _workers(run, scenario, n), calls=calls, warmup=warmup,
+                     advance=partial(run.progress.advance, task), stop=run.stop,
+                     server_cpu=run.server_cpu if gateway else None,
+                     worker_cpu=run.worker_cpu if scenario in TASK_SCENARIOS else None)
 
 
 def _progress(console: Console) -> Progress:
@@ -206,6 +233,7 @@ def options_as_dict(options: Options, settings: Settings) -> dict[str, Any]:
         "sessions": options.sessions,
         "calls": {str(n): options.calls_at(n) for n in options.sessions},
         "warmup": {str(n): options.warmup_at(n) for n in options.sessions},
+        "rounds": {str(n): len(options.rounds_at(n)) for n in options.sessions},
         "calls_per_turn": CALLS_PER_TURN,
         "broker": harness.broker_kind(settings),
         "worker_concurrency": max(options.sessions),
@@ -215,7 +243,7 @@ def options_as_dict(options: Options, settings: Settings) -> dict[str, Any]:
 
 
 def main(sessions: str, calls: int | None, out: str | None, home: str,
-         console: Console | None = None) -> dict[str, Any]:
+         console: Console | None = None, rounds: int = DEFAULT_ROUNDS) -> dict[str, Any]:
     """Entry of the CLI command (kept here so ``gateway/cli.py`` needs only a lazy import)."""
     from gateway.config import get_settings
 
@@ -225,7 +253,9 @@ def main(sessions: str, calls: int | None, out: str | None, home: str,
         raise typer.BadParameter(str(error), param_hint="--sessions") from error
     if calls is not None and calls < 1:
         raise typer.BadParameter(f"must be at least 1, got {calls}", param_hint="--calls")
+    if rounds < 1:
+        raise typer.BadParameter(f"must be at least 1, got {rounds}", param_hint="--rounds")
     options = Options(sessions=chosen, calls=calls, out=Path(out) if out else None,
-                      home=Path(home))
+                      home=Path(home), rounds=rounds)
     exit_on_sigterm()
     return run_benchmark(get_settings(), options, console)

@@ -26,6 +26,24 @@ class Phase:
     worker_cpu_s: float | None = None
 
 
+def merge(phases: list[Phase]) -> Phase:
+    """The rounds of one scenario at one concurrency as one phase: samples pooled, time and
+    CPU added up."""
+    first = phases[0]
+    if any((p.scenario, p.sessions) != (first.scenario, first.sessions) for p in phases):
+        raise ValueError("merge takes the rounds of one scenario at one concurrency")
+
+    def total(values: list[float | None]) -> float | None:
+        return None if any(v is None for v in values) else sum(v for v in values if v)
+
+    return Phase(scenario=first.scenario, sessions=first.sessions,
+                 samples_s=[s for p in phases for s in p.samples_s],
+                 wall_s=sum(p.wall_s for p in phases),
+                 client_cpu_s=sum(p.client_cpu_s for p in phases),
+                 server_cpu_s=total([p.server_cpu_s for p in phases]),
+                 worker_cpu_s=total([p.worker_cpu_s for p in phases]))
+
+
 @dataclass(frozen=True, slots=True)
 class Summary:
     """The figures reported for one scenario at one concurrency (latencies in ms)."""

@@ -30,7 +30,7 @@ from gateway.bench.gateway_bench import (
 )
 from gateway.bench.report import JSON_NAME
 from gateway.bench.scenarios import BenchError
-from gateway.bench.stats import percentiles
+from gateway.bench.stats import Phase, merge, percentiles
 from gateway.localserver import LocalGateway, LocalWorker
 from tests.conftest import make_settings
 from tool_adapters.demo import schema as shop
@@ -165,6 +165,20 @@ def test_percentiles_and_options() -> None:
         parse_sessions("0,4")
     defaults = Options()
     assert defaults.calls_at(1) == 200 and defaults.calls_at(32) < 200
+    assert defaults.rounds_at(1) == [50, 50, 50, 50]
+    assert Options(calls=5).rounds_at(2) == [2, 1, 1, 1]
+    assert Options(calls=2, rounds=4).rounds_at(1) == [1, 1]
+
+
+def test_rounds_merge_into_one_phase() -> None:
+    rounds = [Phase("safe", 2, [0.001, 0.002], wall_s=1.0, client_cpu_s=0.1, server_cpu_s=0.2),
+              Phase("safe", 2, [0.003], wall_s=2.0, client_cpu_s=0.3, server_cpu_s=0.4)]
+    merged = merge(rounds)
+    assert merged.samples_s == [0.001, 0.002, 0.003]
+    assert (merged.wall_s, merged.client_cpu_s) == (3.0, pytest.approx(0.4))
+    assert merged.server_cpu_s == pytest.approx(0.6) and merged.worker_cpu_s is None
+    with pytest.raises(ValueError):
+        merge([*rounds, Phase("direct", 2, [0.001], 1.0, 0.1, None)])
 
 
 def test_command_is_registered() -> None:
