@@ -378,7 +378,11 @@ def test_concurrent_deliver_due_never_sends_a_mail_twice(
         thread.join(timeout=60)
 
     assert errors == []
-    assert sorted(counts) == [10, DELIVERY_BATCH]  # one batch each, split, not shared
+    # Each claims at most a batch and together they claim every row exactly once. How the rows
+    # split depends on timing: two scans that run at once interleave their locks (48/12 is as
+    # right as 50/10).
+    assert len(counts) == 2 and sum(counts) == total
+    assert all(0 < count <= DELIVERY_BATCH for count in counts)
     ids = [m.message["Message-ID"] for m in smtp.messages]
     assert len(ids) == total
     assert sorted(ids) == sorted(f"<{key}@specgate>" for key in keys)
