@@ -7,6 +7,7 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -98,6 +99,9 @@ def create_app(settings: Settings | None = None, *, gateway_id: str | None = Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Route handlers are sync: Starlette runs them on anyio's worker threads, whose number
+        # is one process-wide limiter (40 unless set).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
         rt = Runtime.create(settings, gateway_id=gateway_id)
         app.state.runtime = rt
         app.state.keys = KeyCache(rt.dbs.ledger, settings.key_cache_s)

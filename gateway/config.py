@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     owner_lease_s: float = Field(default=15.0, gt=0, description="Session owner lease length.")
     key_cache_s: float = Field(default=30.0, ge=0, description="API key lookup cache lifetime.")
     wait_max_s: float = Field(default=30.0, gt=0, description="Largest accepted ?wait=.")
+    request_threads: int = Field(
+        default=40, ge=1, description="Threads that run the gateway's blocking request work "
+        "(database, tools). A request that waits (?wait=, a row lock) holds one while it "
+        "waits; fewer threads cost less CPU per call when many sessions are busy.")
     gid_prefix: str = Field(default="sg", pattern=r"^[a-z][a-z0-9]{0,15}$")
 
     # The tool worker (runner ``task``): retries, the outbox relay, and waiting for its calls.

@@ -190,3 +190,25 @@ def test_audit_chain_verifies(shop: Any) -> None:
     api.commit(sid, tid)
     report = shop.admin.get("/v1/admin/audit/verify").json()
     assert report["ok"] is True and report["events"] >= 6
+
+
+def test_request_threads_sizes_the_pool_that_runs_requests(
+        topology: str, pg_home: Any, ledger_url: str, tool_url: str, gateway_factory: Any,
+        tenant: str) -> None:
+    import anyio.to_thread
+    from pydantic import ValidationError
+
+    from gateway.config import Settings
+    from tests.conftest import open_shop
+
+    shop = open_shop(topology, pg_home, ledger_url, tool_url, gateway_factory, tenant,
+                     request_threads=3)
+    limiter = shop.api.client.portal.call(anyio.to_thread.current_default_thread_limiter)
+    assert limiter.total_tokens == 3
+    sid, tid = shop.api.session()
+    assert shop.api.call(sid, 1, "list_products", wait=5)["status"] == "succeeded"
+    assert shop.api.call(sid, 2, "create_order", arguments={"customer": "ada"},
+                         wait=5)["status"] == "held"
+    assert shop.api.commit(sid, tid)["status"] == "committed"
+    with pytest.raises(ValidationError, match="request_threads"):
+        Settings(request_threads=0)
