@@ -35,7 +35,10 @@ with warnings.catch_warnings():  # platformdirs warns on import when XDG_RUNTIME
 log = logging.getLogger("specgate.embedded")
 
 # Minimum values; 2PC needs max_prepared_transactions > 0, which only takes effect on restart.
-REQUIRED_SETTINGS: dict[str, int] = {"max_prepared_transactions": 64, "max_connections": 200}
+# One embedded cluster serves the gateway (a ledger connection per request thread, the held
+# turns), the worker's threads, the broker's polls and the result backend at once: a 32-session
+# `bench gateway` peaked at ~190 connections, most of them idle in pools.
+REQUIRED_SETTINGS: dict[str, int] = {"max_prepared_transactions": 64, "max_connections": 400}
 SUPERUSER = "postgres"
 LOG_TAIL_LINES = 40
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from gateway.embedded import embedded_database_url, stop_embedded
+from gateway.embedded import REQUIRED_SETTINGS, embedded_database_url, stop_embedded
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,7 +57,7 @@ def test_prepared_transactions_enabled(url: str) -> None:
         row = conn.execute("SHOW max_prepared_transactions").fetchone()
         assert row is not None and int(row[0]) > 0
         row = conn.execute("SHOW max_connections").fetchone()
-        assert row is not None and int(row[0]) >= 200
+        assert row is not None and int(row[0]) >= REQUIRED_SETTINGS["max_connections"]
 
 
 def test_second_call_reuses_running_server(url: str, data_dir: Path) -> None:
