@@ -99,8 +99,8 @@ def create_app(settings: Settings | None = None, *, gateway_id: str | None = Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Route handlers are sync: Starlette runs them on anyio's worker threads, whose number
-        # is one process-wide limiter (40 unless set).
+        # Sync handlers (and the fast path) run on anyio's worker threads; their number is the
+        # default limiter of the event loop serving this app, so it is set from inside it.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
         rt = Runtime.create(settings, gateway_id=gateway_id)
         app.state.runtime = rt

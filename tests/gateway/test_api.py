@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import pytest
+from pydantic import ValidationError
 
 from gateway.auth.service import create_key
+from gateway.config import Settings
 from gateway.db import make_engine
+from tests.conftest import open_shop
 from tests.gateway.helpers import Api, shop_state
 
 pytestmark = pytest.mark.parametrize("topology", ["local"], indirect=True)
@@ -193,14 +198,8 @@ def test_audit_chain_verifies(shop: Any) -> None:
 
 
 def test_request_threads_sizes_the_pool_that_runs_requests(
-        topology: str, pg_home: Any, ledger_url: str, tool_url: str, gateway_factory: Any,
+        topology: str, pg_home: Path, ledger_url: str, tool_url: str, gateway_factory: Any,
         tenant: str) -> None:
-    import anyio.to_thread
-    from pydantic import ValidationError
-
-    from gateway.config import Settings
-    from tests.conftest import open_shop
-
     shop = open_shop(topology, pg_home, ledger_url, tool_url, gateway_factory, tenant,
                      request_threads=3)
     limiter = shop.api.client.portal.call(anyio.to_thread.current_default_thread_limiter)
