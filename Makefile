@@ -38,7 +38,7 @@ browser:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y chromium chromium-driver; }
 
 screenshots: $(STAMP) browser
-	$(BIN)/python -m gateway.admin.screenshots --out docs/screenshots
+	$(BIN)/python -m lab.screenshots --out docs/screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

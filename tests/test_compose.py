@@ -14,7 +14,7 @@ import pytest
 import typer
 import yaml
 
-from gateway.cli import app
+from specgate.cli import app
 
 COMPOSE = Path(__file__).resolve().parents[1] / "docker-compose.yml"
 # What the operator exports before `docker compose --profile agent run agent`.

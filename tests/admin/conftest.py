@@ -14,12 +14,13 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from gateway.admin import screenshots
 from gateway.auth.service import create_key
+from gateway.children import settings_env
 from gateway.config import Settings
 from gateway.db import make_engine
-from gateway.localserver import LocalGateway, settings_env
 from gateway.migrate import setup_adapters
+from lab import screenshots
+from lab.servers import LocalGateway
 from tests.conftest import make_settings
 from tests.gateway.helpers import Api
 

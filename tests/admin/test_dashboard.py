@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from gateway.admin.browser import LAPTOP, PHONE, chromium_path, launch
-from gateway.localserver import LocalGateway
+from lab.browser import LAPTOP, PHONE, chromium_path, launch
+from lab.servers import LocalGateway
 from tests.admin.conftest import Tenant, audit_details, expire_turn_in
 
 playwright_api = pytest.importorskip("playwright.sync_api")

@@ -16,8 +16,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.app import create_app
-from gateway.localserver import LocalGateway, LocalWorker, settings_env
+from gateway.children import LocalWorker, settings_env
 from gateway.migrate import setup_adapters
+from lab.servers import LocalGateway
 from tests.admin.conftest import Tenant, audit_details, new_tenant
 from tests.support.booking_service import LocalBookingService
 from tests.support.smtp import LocalSmtp

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.localserver import LocalGateway
+from lab.servers import LocalGateway
 from tests.admin.conftest import Tenant
 
 pytest.importorskip("playwright.sync_api")
@@ -14,7 +14,7 @@ pytest.importorskip("playwright.sync_api")
 
 def test_screenshots_of_every_view_at_both_widths(live_gateway: LocalGateway, acme: Tenant,
                                                    tmp_path: Path) -> None:
-    from gateway.admin.screenshots import capture
+    from lab.screenshots import capture
 
     waiting = acme.pending_order()
     acme.held_call("Rae")

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from agent_worker.cli import app
 from gateway.auth.service import create_key
 from gateway.db import make_engine
-from gateway.localserver import LocalGateway
+from lab.servers import LocalGateway
 from tests.conftest import make_settings, reset_shop
 from tests.gateway.helpers import shop_state
 

@@ -1,6 +1,6 @@
 """Crash recovery with a real gateway process killed by SIGKILL (invariants I1–I4, I9).
 
-The gateway runs as ``python -m gateway serve``; fail points (gateway.faults) stop it dead at
+The gateway runs as ``python -m specgate serve``; fail points (gateway.faults) stop it dead at
 an exact step of the commit protocol so the kill lands there. After a restart on the same port
 (same gateway id), the reconciler must leave no prepared transaction, no idle transaction and
 no undecided call, and the shop must be exactly what the decision says.
@@ -24,7 +24,7 @@ from sqlalchemy.pool import NullPool
 
 from gateway.auth.service import create_key
 from gateway.db import make_engine
-from gateway.localserver import LocalGateway, free_port
+from lab.servers import LocalGateway, free_port
 from tests.conftest import make_settings, reset_shop
 from tests.gateway.helpers import sequential_run, shop_state
 

@@ -40,8 +40,9 @@ def test_reaper_expires_turns_past_their_ttl(gateway_factory: Any, pg_home: Path
     rt = api.client.app.state.runtime
     assert rt.holds.held_connections == 1
     time.sleep(0.6)
-    counts = recovery.reconcile(rt)
-    assert counts["expired_turns"] == 1
+    # The reconcile is global: it may also expire another test's stale turn, so the count is a
+    # lower bound and the assertions that matter are on this test's own turn below.
+    assert recovery.reconcile(rt)["expired_turns"] >= 1
     turn = api.get(f"/v1/sessions/{sid}").json()["turns"][0]
     assert turn["status"] == "expired"
     assert [c["status"] for c in turn["calls"]] == ["expired", "expired"]
@@ -59,7 +60,7 @@ def test_reaper_expires_staged_calls_and_their_dependents(gateway_factory: Any, 
     api.call(sid, 3, "place_order", arguments={"order_id": "$1.order_id", "card_last4": "4242"})
     api.call(sid, 4, "get_order", arguments={"order_id": "$3.order_id"})  # deferred: staged
     time.sleep(0.4)
-    assert recovery.reconcile(api.client.app.state.runtime)["expired_calls"] == 2
+    assert recovery.reconcile(api.client.app.state.runtime)["expired_calls"] >= 2  # global
     turn = api.commit(sid, tid)
     assert [c["status"] for c in turn["calls"]] == ["committed", "committed", "expired",
                                                     "expired"]

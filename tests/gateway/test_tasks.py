@@ -24,8 +24,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from gateway.app import create_app
+from gateway.children import LocalWorker, settings_env
 from gateway.config import Settings
-from gateway.localserver import LocalWorker, settings_env
 from gateway.migrate import setup_adapters
 from tests.gateway.helpers import Api, expire_approval, new_keys
 from tests.support.booking_service import LocalBookingService

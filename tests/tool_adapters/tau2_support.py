@@ -26,10 +26,10 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.orm import Session
 
-from gateway.conformance import reference
-from gateway.conformance.seeding import tau2data
 from gateway.tools.registry import load_adapter, load_registry
 from gateway.turns.holder import HeldConnection, TurnHold
+from lab.conformance import reference
+from lab.conformance.seeding import tau2data
 from tests.conftest import named_database
 from tool_adapters.sdk import Adapter, Effect, Runner, ToolContext, ToolError
 

@@ -1,7 +1,7 @@
 """The airline adapter against τ²-bench's own airline environment, on a real Postgres.
 
 Every task's gold actions, and a set of hand-written edge cases, run twice: on τ²'s reference
-environment (``gateway.conformance.reference``, in another process meanwhile) and through the
+environment (``lab.conformance.reference``, in another process meanwhile) and through the
 adapter's tools the way the gateway's ``db`` runner calls them (``tau2_support``). Each step's ok
 flag and output or error text must be identical, and so must τ²'s hash of the final database.
 τ²'s seed is loaded once per module; every scenario runs in a turn that is rolled back.
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from gateway.conformance import reference
+from lab.conformance import reference
 from tests.tool_adapters.tau2_support import (
     Action,
     Case,

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from gateway.conformance import reference
+from lab.conformance import reference
 from tests.tool_adapters.tau2_support import (
     Case,
     Outcome,
