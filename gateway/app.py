@@ -16,17 +16,23 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway import metrics, recovery
+from gateway import metrics
 from gateway.admin import router as admin_router
 from gateway.auth import router as auth_router
 from gateway.auth.service import KeyCache
 from gateway.calls import router as calls_router
+from gateway.calls.settled import SettleListener
 from gateway.config import Settings, get_settings
+from gateway.db import Databases
 from gateway.errors import SpecgateError, error_response
-from gateway.runtime import Runtime
+from gateway.runtime import Runtime, default_gateway_id
 from gateway.sessions import fastpath
 from gateway.sessions import router as sessions_router
+from gateway.tasks.outbox import LazyPublisher
 from gateway.tools import router as tools_router
+from gateway.tools.registry import load_registry
+from gateway.turns import recovery
+from gateway.turns.holder import HeldTurns
 
 log = logging.getLogger("specgate.app")
 
@@ -93,6 +99,25 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(error.status_code, code, str(error.detail))
 
 
+def create_runtime(settings: Settings, gateway_id: str | None = None) -> Runtime:
+    """The gateway process's runtime, with the parts it holds built from the settings."""
+    dbs = Databases(settings)
+    return Runtime(
+        settings=settings,
+        dbs=dbs,
+        registry=load_registry(settings.adapters),
+        holds=HeldTurns(
+            settings.max_held_transactions,
+            settings.gid_prefix,
+            settings.lock_timeout_ms,
+            idle_timeout_ms=int((settings.turn_ttl_s + 60) * 1000),
+        ),
+        settled=SettleListener(dbs.driver_dsn),
+        publisher=LazyPublisher(settings, dbs.ledger_url),
+        gateway_id=gateway_id or default_gateway_id(),
+    )
+
+
 def create_app(settings: Settings | None = None, *, gateway_id: str | None = None,
                background: bool = True) -> FastAPI:
     settings = settings or get_settings()
@@ -102,7 +127,7 @@ def create_app(settings: Settings | None = None, *, gateway_id: str | None = Non
         # Sync handlers (and the fast path) run on anyio's worker threads; their number is the
         # default limiter of the event loop serving this app, so it is set from inside it.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
-        rt = Runtime.create(settings, gateway_id=gateway_id)
+        rt = create_runtime(settings, gateway_id=gateway_id)
         app.state.runtime = rt
         app.state.keys = KeyCache(rt.dbs.ledger, settings.key_cache_s)
         metrics.HELD.set_function(lambda: rt.holds.held_connections)

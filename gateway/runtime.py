@@ -1,5 +1,9 @@
 """The state of one gateway process: settings, engines, registry, held turns, session locks.
 
+A container and the session-ownership lease, nothing more: it imports no domain module at run
+time (the parts it holds are built by ``gateway.app.create_runtime`` and only named here as
+types), so every domain may depend on it and it on none of them.
+
 Requests of one session are serialised by a per-session lock, because a session's open turn
 owns one database connection that cannot run two statements at once. Sessions are owned by one
 gateway at a time through a lease (``sessions.owner_id`` + the owner's heartbeat row in
@@ -14,21 +18,22 @@ import socket
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import text
 
-from gateway.calls.settled import SettleListener
-from gateway.calls.state import TurnScope
 from gateway.config import Settings
 from gateway.db import Databases
 from gateway.errors import Conflict, NotFound
-from gateway.tools.registry import Registry, load_registry
-from gateway.turns.holder import HeldTurns
 
-if TYPE_CHECKING:
-    from gateway.tasks.outbox import Publisher
+if TYPE_CHECKING:  # types only: the parts are built by gateway.app.create_runtime
+    from gateway.calls.settled import SettleListener
+    from gateway.ledger.rows import TurnScope
+    from gateway.tasks.outbox import LazyPublisher
+    from gateway.tools.registry import Registry
+    from gateway.turns.holder import HeldTurns
 
 _CLAIM = text(
     """
@@ -114,6 +119,8 @@ class Runtime:
     dbs: Databases
     registry: Registry
     holds: HeldTurns
+    settled: SettleListener  # wakes requests waiting for task calls (gateway.calls.settled)
+    publisher: LazyPublisher  # rings the tool worker (gateway.tasks.outbox)
     gateway_id: str
     session_lock: SessionLocks = field(default_factory=SessionLocks)
     # Both caches are bounded: an evicted session is claimed or read again on its next request.
@@ -122,32 +129,6 @@ class Runtime:
     # step as they write (they are the only writers while this gateway owns the session), so a
     # request does not read the turn's calls again. Dropped on any error or outside write.
     scopes: LruDict[str, TurnScope] = field(default_factory=lambda: LruDict(10_000))
-    settled: SettleListener | None = None
-    _settled_lock: threading.Lock = field(default_factory=threading.Lock)
-    _publisher: Publisher | None = None
-    _publisher_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @classmethod
-    def create(cls, settings: Settings, gateway_id: str | None = None) -> Runtime:
-        return cls(
-            settings=settings,
-            dbs=Databases(settings),
-            registry=load_registry(settings.adapters),
-            holds=HeldTurns(
-                settings.max_held_transactions,
-                settings.gid_prefix,
-                settings.lock_timeout_ms,
-                idle_timeout_ms=int((settings.turn_ttl_s + 60) * 1000),
-            ),
-            gateway_id=gateway_id or default_gateway_id(),
-        )
-
-    def settle_listener(self) -> SettleListener:
-        """The process's listener for settled task calls (created on first use)."""
-        with self._settled_lock:
-            if self.settled is None:
-                self.settled = SettleListener(self.dbs.driver_dsn)
-            return self.settled
 
     def claim(self, session_id: str, tenant: str) -> str | None:
         """Own the tenant's session (idempotent); returns the previous owner when taken over.
@@ -193,24 +174,13 @@ class Runtime:
                 {"id": self.gateway_id, "host": socket.gethostname(), "pid": os.getpid()},
             )
 
-    def publish(self, call_ids: list[str]) -> None:
-        """Ring the tool worker for calls whose outbox rows have just been committed (Celery is
-        imported on first use: a gateway whose tools all run in the database never needs it)."""
-        if not call_ids:
-            return
-        with self._publisher_lock:
-            if self._publisher is None:
-                from gateway.tasks.celery_app import make_celery
-                from gateway.tasks.outbox import Publisher
-
-                self._publisher = Publisher(make_celery(self.settings, self.dbs.ledger_url))
-        self._publisher(call_ids)
+    def publish(self, call_ids: Sequence[str]) -> None:
+        """Ring the tool worker for calls whose outbox rows have just been committed."""
+        self.publisher(call_ids)
 
     def close(self) -> None:
-        if self._publisher is not None:
-            self._publisher.close()
-        if self.settled is not None:
-            self.settled.stop()
+        self.publisher.close()
+        self.settled.stop()
         for turn_id in self.holds.turn_ids():
             hold = self.holds.get(turn_id)
             if hold is not None:

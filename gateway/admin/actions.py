@@ -2,7 +2,7 @@
 compensation and extend a TTL. Approve, deny, cancel and (force-)commit are the ordinary
 routes called with an admin key, so every action goes through one API and one audit trail.
 
-Each action writes through ``gateway.ledger.service``: a status change with
+Each action writes through ``gateway.ledger.transitions``: a status change with
 ``transition_call``; a TTL extension, which changes no status, as a same-status move
 (``open → open``, ``staged → staged``, ``awaiting_approval → awaiting_approval``) whose
 compare-and-set and audit event are written by the ledger's own statement, with
@@ -25,15 +25,16 @@ from sqlalchemy import select
 
 from gateway.admin.schemas import TtlView
 from gateway.auth.service import Principal
-from gateway.calls import state
-from gateway.calls.state import CallState
 from gateway.errors import Conflict, NotFound
-from gateway.ledger import models
-from gateway.ledger import service as ledger
-from gateway.ledger.service import COMPENSATE, Move, StaleTransition
+from gateway.ledger import models, rows
+from gateway.ledger import transitions as ledger
+from gateway.ledger.rows import CallRow
 from gateway.ledger.states import CallStatus, TurnStatus
+from gateway.ledger.transitions import Move, StaleTransition
 from gateway.runtime import Runtime
-from gateway.sessions import service as sessions_service
+from gateway.sessions.scope import scope_of
+from gateway.tasks import outbox
+from gateway.tasks.outbox import COMPENSATE
 
 S, T = CallStatus, TurnStatus
 CALLS = models.table_of(models.Call)
@@ -44,12 +45,12 @@ def _by(key: Principal, action: str, **more: Any) -> dict[str, Any]:
     return {"by": "admin", "key": key.key_id, "action": action, **more}
 
 
-def load_call(rt: Runtime, tenants: list[str], call_id: str) -> CallState:
+def load_call(rt: Runtime, tenants: list[str], call_id: str) -> CallRow:
     with rt.dbs.ledger.connect() as conn:
-        return state.load_call(conn, call_id, tenants)
+        return rows.load_call(conn, call_id, tenants)
 
 
-def retry_compensation(rt: Runtime, key: Principal, call: CallState) -> CallState:
+def retry_compensation(rt: Runtime, key: Principal, call: CallRow) -> CallRow:
     """``compensation_failed → compensating`` with a new outbox row, in one transaction; the
     tool worker then runs the compensation again (same idempotency key downstream)."""
     if call.status != S.COMPENSATION_FAILED:
@@ -59,7 +60,7 @@ def retry_compensation(rt: Runtime, key: Principal, call: CallState) -> CallStat
         with rt.dbs.ledger.begin() as conn:
             ledger.transition_call(conn, call.subject, S.COMPENSATION_FAILED, S.COMPENSATING,
                                    detail=_by(key, "retry_compensation"))
-            ledger.enqueue(conn, [call.id], COMPENSATE, rt.settings.relay_grace_s)
+            outbox.enqueue(conn, [call.id], COMPENSATE, rt.settings.relay_grace_s)
     except StaleTransition as error:
         raise Conflict(f"call {call.id!r} changed meanwhile", code="busy") from error
     rt.publish([call.id])
@@ -85,7 +86,7 @@ def extend_turn(rt: Runtime, key: Principal, tenants: list[str], turn_id: str,
             TURNS.c.id == turn_id, TURNS.c.tenant.in_(tenants))).first()
     if found is None:
         raise NotFound(f"turn {turn_id!r} not found")
-    with sessions_service.scope_of(rt, found.tenant, found.session_id, turn_id) as scope:
+    with scope_of(rt, found.tenant, found.session_id, turn_id) as scope:
         turn = scope.turn
         if turn.status != T.OPEN:
             raise Conflict(f"turn {turn_id!r} is {turn.status}", code="turn_not_open")
@@ -120,7 +121,7 @@ def _touch_held(rt: Runtime, turn_id: str) -> None:
                        code="turn_transaction_failed") from error
 
 
-def extend_call(rt: Runtime, key: Principal, call: CallState, seconds: int) -> TtlView:
+def extend_call(rt: Runtime, key: Principal, call: CallRow, seconds: int) -> TtlView:
     """A staged call's TTL (under its session's lock) or a waiting approval's expiry."""
     if call.status == S.AWAITING_APPROVAL and call.requires_approval:
         return _extend_call(rt, key, call, "approval_expires_at", call.approval_expires_at,
@@ -128,7 +129,7 @@ def extend_call(rt: Runtime, key: Principal, call: CallState, seconds: int) -> T
     if call.status != S.STAGED:
         raise Conflict(f"call {call.id!r} is {call.status}: only a staged call or one awaiting "
                        "its own approval has a TTL to extend", code="no_ttl")
-    with sessions_service.scope_of(rt, call.tenant, call.session_id, call.turn_id) as scope:
+    with scope_of(rt, call.tenant, call.session_id, call.turn_id) as scope:
         current = scope.by_id(call.id)
         if scope.turn.status != T.OPEN or current.status != S.STAGED:
             raise Conflict(f"call {call.id!r} is no longer staged in an open turn",
@@ -139,7 +140,7 @@ def extend_call(rt: Runtime, key: Principal, call: CallState, seconds: int) -> T
     return view
 
 
-def _extend_call(rt: Runtime, key: Principal, call: CallState, column: str,
+def _extend_call(rt: Runtime, key: Principal, call: CallRow, column: str,
                  current: datetime | None, seconds: int, ttl_s: float) -> TtlView:
     new = _later(current, seconds, ttl_s, f"call {call.id!r}")
     move = Move(call.subject, call.status, call.status,

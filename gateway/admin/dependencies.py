@@ -10,8 +10,8 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway.admin import actions, queue
 from gateway.auth.service import Principal
-from gateway.calls.state import CallState
 from gateway.deps import AdminKey, RuntimeDep
+from gateway.ledger.rows import CallRow
 
 
 def visible_tenants(key: Principal) -> list[str]:
@@ -28,11 +28,11 @@ async def tenants_of(key: AdminKey) -> list[str]:
 Tenants = Annotated[list[str], Depends(tenants_of)]
 
 
-async def valid_call(call_id: str, rt: RuntimeDep, tenants: Tenants) -> CallState:
+async def valid_call(call_id: str, rt: RuntimeDep, tenants: Tenants) -> CallRow:
     return await run_in_threadpool(actions.load_call, rt, tenants, call_id)
 
 
-ValidCall = Annotated[CallState, Depends(valid_call)]
+ValidCall = Annotated[CallRow, Depends(valid_call)]
 
 
 def _blank(value: str | None) -> str | None:

@@ -13,10 +13,10 @@ from typing import Any
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 
-from gateway.ledger.service import now
 from gateway.ledger.states import LIVE_CALL_STATUSES, CallStatus
+from gateway.ledger.transitions import now
 from gateway.runtime import Runtime
-from gateway.turns.holder import prepared_gids, turn_of_gid
+from gateway.turns.twophase import prepared_gids, turn_of_gid
 
 WORKER_STALE_S = 15.0
 _RECENT = "heartbeat_at > now() - interval '10 minutes' ORDER BY heartbeat_at DESC LIMIT 8"

@@ -27,8 +27,8 @@ from gateway.admin import health, queue, timeline
 from gateway.admin.dependencies import QueueFilterDep, Tenants
 from gateway.deps import RuntimeDep
 from gateway.errors import NotFound
-from gateway.ledger.service import now
 from gateway.ledger.states import CallStatus
+from gateway.ledger.transitions import now
 
 HERE = Path(__file__).resolve().parent
 STATIC = {"admin.js": "text/javascript", "admin.css": "text/css", "favicon.svg": "image/svg+xml"}

@@ -24,6 +24,7 @@ from gateway.admin.schemas import (
     TtlView,
 )
 from gateway.calls.schemas import CallView
+from gateway.calls.views import call_view
 from gateway.deps import AdminKey, CurrentKey, IdempotentDep, RuntimeDep
 from gateway.errors import NotFound
 from gateway.sessions import service as sessions_service
@@ -89,7 +90,7 @@ def retry_compensation(call: ValidCall, rt: RuntimeDep, key: AdminKey,
 
     def handler() -> tuple[int, object]:
         done = actions.retry_compensation(rt, key, call)
-        return 200, sessions_service.call_view(done, {}).model_dump(mode="json")
+        return 200, call_view(done, {}).model_dump(mode="json")
 
     return idem.run(handler)
 

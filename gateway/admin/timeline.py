@@ -18,8 +18,8 @@ from gateway.admin.health import DROPPED
 from gateway.admin.redact import redact
 from gateway.errors import NotFound
 from gateway.ledger import models
-from gateway.ledger.service import now
 from gateway.ledger.states import LIVE_CALL_STATUSES
+from gateway.ledger.transitions import now
 
 CALLS = models.table_of(models.Call)
 TURNS = models.table_of(models.Turn)

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, insert, select
 from gateway.admin.schemas import NewTranscriptChunk, TranscriptChunkView
 from gateway.errors import NotFound
 from gateway.ledger import models
-from gateway.ledger.service import now
+from gateway.ledger.transitions import now
 from gateway.runtime import Runtime
 
 CHUNKS = models.table_of(models.TranscriptChunk)

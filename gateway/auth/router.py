@@ -13,7 +13,7 @@ from gateway.auth import service
 from gateway.deps import AdminKey, RuntimeDep
 from gateway.errors import Conflict
 from gateway.ledger import models
-from gateway.ledger.service import verify_chain
+from gateway.ledger.audit import verify_chain
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 

@@ -17,7 +17,8 @@ from sqlalchemy import Engine, insert, select, update
 
 from gateway.errors import Forbidden, NotFound, Unauthorized
 from gateway.ledger import models
-from gateway.ledger.service import ensure_chain, now
+from gateway.ledger.audit import ensure_chain
+from gateway.ledger.transitions import now
 
 KEY_PREFIX = "sgk_"
 

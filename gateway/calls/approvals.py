@@ -28,25 +28,22 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, text
 
-from gateway.calls.state import CallState, load_call
 from gateway.config import Settings
 from gateway.errors import Conflict, Forbidden
-from gateway.ledger.service import (
-    ABORT,
-    APPROVAL,
-    COMMIT,
-    RUN,
+from gateway.ledger.rows import CallRow, load_call
+from gateway.ledger.states import CallStatus
+from gateway.ledger.transitions import (
     CallMove,
     StaleTransition,
-    enqueue,
     now,
     transition_call,
     transition_calls,
 )
-from gateway.ledger.states import CallStatus
 from gateway.runtime import Runtime
+from gateway.tasks.outbox import RUN, enqueue
 from gateway.tools.registry import RegisteredTool
-from gateway.turns.holder import finish_prepared
+from gateway.turns.decision import ABORT, APPROVAL, COMMIT
+from gateway.turns.twophase import finish_prepared
 
 S = CallStatus
 TOKEN_PREFIX = "sgc_"
@@ -68,7 +65,7 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def issue_token(settings: Settings, call: CallState) -> str:
+def issue_token(settings: Settings, call: CallRow) -> str:
     """Give a staged call its confirmation token (returned once; only the hash is kept)."""
     token = TOKEN_PREFIX + secrets.token_urlsafe(24)
     call.confirm_token_hash = _hash(token)
@@ -77,12 +74,12 @@ def issue_token(settings: Settings, call: CallState) -> str:
     return token
 
 
-def _load(rt: Runtime, tenant: str, call_id: str) -> CallState:
+def _load(rt: Runtime, tenant: str, call_id: str) -> CallRow:
     with rt.dbs.ledger.connect() as conn:
         return load_call(conn, call_id, [tenant])
 
 
-def _check_token(call: CallState, token: str | None) -> None:
+def _check_token(call: CallRow, token: str | None) -> None:
     if token is None:
         raise Forbidden("an app key approves or denies only with the call's confirm_token",
                         code="confirm_token_required")
@@ -94,7 +91,7 @@ def _check_token(call: CallState, token: str | None) -> None:
 
 
 def decide(rt: Runtime, tenant: str, call_id: str, *, approve: bool, admin: bool,
-           token: str | None, reason: str | None) -> CallState:
+           token: str | None, reason: str | None) -> CallRow:
     """Approve or deny a call awaiting approval. Raises a clear 4xx and changes nothing when
     the call is not waiting, the token is wrong or used, or the approval has expired."""
     call = _load(rt, tenant, call_id)
@@ -116,8 +113,8 @@ def decide(rt: Runtime, tenant: str, call_id: str, *, approve: bool, admin: bool
                        ) from error
 
 
-def _decide_task(rt: Runtime, call: CallState, *, approve: bool,
-                 detail: dict[str, Any]) -> CallState:
+def _decide_task(rt: Runtime, call: CallRow, *, approve: bool,
+                 detail: dict[str, Any]) -> CallRow:
     """Approve a ``task`` call (its outbox row in the same transaction) or deny it. Raises
     ``StaleTransition`` if it was decided meanwhile."""
     target = S.APPROVED if approve else S.DENIED
@@ -136,8 +133,8 @@ def _decide_task(rt: Runtime, call: CallState, *, approve: bool,
     return call
 
 
-def _decide_held(rt: Runtime, call: CallState, *, approve: bool,
-                 detail: dict[str, Any]) -> CallState:
+def _decide_held(rt: Runtime, call: CallRow, *, approve: bool,
+                 detail: dict[str, Any]) -> CallRow:
     """Approve or deny a ``db`` call whose turn transaction is prepared, under a lock of the
     turn's commit marker (approvals of calls of one turn queue there)."""
     try:
@@ -165,7 +162,7 @@ def _decide_held(rt: Runtime, call: CallState, *, approve: bool,
     return _load(rt, call.tenant, call.id)
 
 
-def _lock_held_turn(conn: Connection, call: CallState) -> tuple[list[str], list[CallState]]:
+def _lock_held_turn(conn: Connection, call: CallRow) -> tuple[list[str], list[CallRow]]:
     marker = conn.execute(text("SELECT decision, gid FROM commit_markers WHERE turn_id = :t "
                                "FOR UPDATE"), {"t": call.turn_id}).first()
     if marker is None or marker.decision != APPROVAL:
@@ -175,10 +172,10 @@ def _lock_held_turn(conn: Connection, call: CallState) -> tuple[list[str], list[
         "SELECT * FROM calls WHERE turn_id = :t AND runner = 'db' "
         "AND status IN ('awaiting_approval', 'approved') ORDER BY created_at, id"),
         {"t": call.turn_id})
-    return [g for g in (marker.gid or "").split(",") if g], [CallState.from_row(r) for r in rows]
+    return [g for g in (marker.gid or "").split(",") if g], [CallRow.from_row(r) for r in rows]
 
 
-def _held_moves(conn: Connection, members: list[CallState], me: CallState, approve: bool,
+def _held_moves(conn: Connection, members: list[CallRow], me: CallRow, approve: bool,
                 detail: dict[str, Any]) -> str | None:
     """Record this approval or denial; returns the turn's decision once it is made."""
     at = now()
@@ -210,7 +207,7 @@ def _held_moves(conn: Connection, members: list[CallState], me: CallState, appro
 def deny_expired(rt: Runtime) -> int:
     """The reaper's part: deny every call whose approval has expired. Returns how many."""
     with rt.dbs.ledger.connect() as conn:
-        calls = [CallState.from_row(r) for r in conn.execute(text(
+        calls = [CallRow.from_row(r) for r in conn.execute(text(
             "SELECT * FROM calls WHERE status = 'awaiting_approval' "
             "AND approval_expires_at < now() LIMIT 500"))]
     denied = 0

@@ -11,20 +11,21 @@ from starlette.responses import Response
 from gateway.auth.service import Principal, Role
 from gateway.calls import approvals, service
 from gateway.calls.schemas import ApprovalDecision, CallPage, CallView, CancelCall
-from gateway.calls.state import CallState, load_calls
+from gateway.calls.views import call_view
 from gateway.deps import CurrentKey, Idempotent, IdempotentDep, RuntimeDep
 from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.ledger import models
+from gateway.ledger.rows import CallRow, load_calls
 from gateway.ledger.states import CallStatus, TurnStatus
 from gateway.paging import decode_cursor, encode_cursor
 from gateway.runtime import Runtime
-from gateway.sessions import service as sessions_service
+from gateway.sessions.scope import scope_of
 
 router = APIRouter(prefix="/v1/calls", tags=["calls"])
 CALLS = models.table_of(models.Call)
 
 
-def _load(rt: Runtime, tenant: str, call_id: str) -> tuple[CallState, dict[str, str]]:
+def _load(rt: Runtime, tenant: str, call_id: str) -> tuple[CallRow, dict[str, str]]:
     with rt.dbs.ledger.connect() as conn:
         turn_id = conn.execute(select(CALLS.c.turn_id).where(
             CALLS.c.id == call_id, CALLS.c.tenant == tenant)).scalar()
@@ -41,7 +42,7 @@ def get_call(call_id: str, rt: RuntimeDep, key: CurrentKey,
     call, ids = _load(rt, key.tenant, call_id)
     if wait > 0 and call.status in service.WORKER_OWNED:
         service.wait_settled(rt, [call], min(wait, rt.settings.wait_max_s))
-    return sessions_service.call_view(call, ids)
+    return call_view(call, ids)
 
 
 @router.post("/{call_id}/cancel", response_model=list[CallView])
@@ -53,14 +54,14 @@ def cancel_call(call_id: str, rt: RuntimeDep, key: CurrentKey, idem: IdempotentD
 
     def handler() -> tuple[int, object]:
         call, _ = _load(rt, key.tenant, call_id)
-        with sessions_service.scope_of(rt, key.tenant, call.session_id, call.turn_id) as scope:
+        with scope_of(rt, key.tenant, call.session_id, call.turn_id) as scope:
             target = scope.by_id(call_id)
             if scope.turn.status != TurnStatus.OPEN or not target.live:
                 raise Conflict(f"call {call_id!r} is {target.status} in a {scope.turn.status} "
                                "turn and can no longer be cancelled", code="call_not_live")
             changed = service.cancel_calls(rt, scope, [target], reason=reason)
             ids = scope.client_ids()
-            return 200, [sessions_service.call_view(c, ids).model_dump(mode="json")
+            return 200, [call_view(c, ids).model_dump(mode="json")
                          for c in changed]
 
     return idem.run(handler)
@@ -90,7 +91,7 @@ def _decide(call_id: str, rt: Runtime, key: Principal, idem: Idempotent,
         call = approvals.decide(rt, key.tenant, call_id, approve=approve,
                                 admin=key.role == Role.ADMIN, token=body.confirm_token,
                                 reason=body.reason)
-        return 200, sessions_service.call_view(call, {}).model_dump(mode="json")
+        return 200, call_view(call, {}).model_dump(mode="json")
 
     return idem.run(handler)
 
@@ -114,7 +115,7 @@ def list_calls(rt: RuntimeDep, key: CurrentKey, status: str | None = None,
             CALLS.c.created_at == after[0], CALLS.c.id < after[1])))
     query = query.order_by(CALLS.c.created_at.desc(), CALLS.c.id.desc()).limit(limit + 1)
     with rt.dbs.ledger.connect() as conn:
-        calls = [CallState.from_row(r) for r in conn.execute(query)]
+        calls = [CallRow.from_row(r) for r in conn.execute(query)]
     more = len(calls) > limit
     calls = calls[:limit]
     next_cursor = None
@@ -122,5 +123,5 @@ def list_calls(rt: RuntimeDep, key: CurrentKey, status: str | None = None,
         last = calls[-1]
         assert last.created_at is not None
         next_cursor = encode_cursor(last.created_at, last.id)
-    return CallPage(items=[sessions_service.call_view(c, {}) for c in calls],
+    return CallPage(items=[call_view(c, {}) for c in calls],
                     next_cursor=next_cursor)

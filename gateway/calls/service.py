@@ -20,21 +20,13 @@ from gateway.calls.approvals import issue_token, needs_approval
 from gateway.calls.execution import CallIdentity, Outcome, hold_for, run_db_tool
 from gateway.calls.schemas import IssueCall
 from gateway.calls.settled import FALLBACK_POLL_S
-from gateway.calls.state import CallState, TurnScope
 from gateway.errors import Conflict, InvalidArguments
 from gateway.ledger import models
-from gateway.ledger.service import (
-    COMPENSATE,
-    RUN,
-    Move,
-    StaleTransition,
-    create_row,
-    enqueue,
-    now,
-    transition_call,
-)
+from gateway.ledger.rows import CallRow, TurnScope
 from gateway.ledger.states import CallStatus, TurnStatus
+from gateway.ledger.transitions import Move, StaleTransition, create_row, now, transition_call
 from gateway.runtime import Runtime
+from gateway.tasks.outbox import COMPENSATE, RUN, enqueue
 from gateway.tools.registry import RegisteredTool
 from tool_adapters.sdk import Effect, Runner
 
@@ -42,7 +34,7 @@ log = logging.getLogger("specgate.calls")
 S = CallStatus
 
 
-def identity(call: CallState) -> CallIdentity:
+def identity(call: CallRow) -> CallIdentity:
     return CallIdentity(call.id, call.idempotency_key, call.tenant, call.session_id, call.turn_id)
 
 
@@ -54,7 +46,7 @@ def validation_error(error: ValidationError, tool: str) -> InvalidArguments:
 
 
 def _dependencies(scope: TurnScope, request: IssueCall,
-                  superseded: CallState | None) -> list[CallState]:
+                  superseded: CallRow | None) -> list[CallRow]:
     live = scope.live_by_client()
     if superseded is not None:
         live.pop(superseded.client_call_id, None)
@@ -68,7 +60,7 @@ def _dependencies(scope: TurnScope, request: IssueCall,
 
 
 def _check_request(scope: TurnScope, tool: RegisteredTool, request: IssueCall,
-                   ) -> tuple[CallState | None, list[CallState], dict[str, Any] | None]:
+                   ) -> tuple[CallRow | None, list[CallRow], dict[str, Any] | None]:
     """Everything that can refuse the request: (superseded call, dependencies, resolved args
     or None when a dependency has no result yet)."""
     if scope.turn.status != TurnStatus.OPEN:
@@ -107,7 +99,7 @@ def _check_request(scope: TurnScope, tool: RegisteredTool, request: IssueCall,
 
 
 def issue_call(rt: Runtime, scope: TurnScope, request: IssueCall,
-               ) -> tuple[CallState, str | None]:
+               ) -> tuple[CallRow, str | None]:
     """Issue a call; returns it and, for a call staged until an approval, the confirmation
     token the app may approve it with (shown this once)."""
     tool = rt.registry.get(request.tool)
@@ -134,10 +126,10 @@ def issue_call(rt: Runtime, scope: TurnScope, request: IssueCall,
 
 
 def _new_call(scope: TurnScope, tool: RegisteredTool, request: IssueCall,
-              deps: list[CallState], superseded: CallState | None,
-              requires_approval: bool) -> CallState:
+              deps: list[CallRow], superseded: CallRow | None,
+              requires_approval: bool) -> CallRow:
     call_id = models.new_id("call")
-    return CallState(
+    return CallRow(
         id=call_id, tenant=scope.turn.tenant, session_id=scope.turn.session_id,
         turn_id=scope.turn.id, seq=scope.next_seq(), client_call_id=request.client_call_id,
         tool=tool.name, effect=str(tool.spec.effect), runner=str(tool.spec.runner),
@@ -148,7 +140,7 @@ def _new_call(scope: TurnScope, tool: RegisteredTool, request: IssueCall,
     )
 
 
-def _record(rt: Runtime, scope: TurnScope, call: CallState, moves: list[Move],
+def _record(rt: Runtime, scope: TurnScope, call: CallRow, moves: list[Move],
             outbox_kind: str | None = None) -> None:
     """Write a new call row, in the status its last move reached, with all of its events (and
     an outbox row for the tool worker, in the same transaction)."""
@@ -165,7 +157,7 @@ def _record(rt: Runtime, scope: TurnScope, call: CallState, moves: list[Move],
     scope.calls.append(call)
 
 
-def _enqueue(rt: Runtime, scope: TurnScope, call: CallState, tool: RegisteredTool,
+def _enqueue(rt: Runtime, scope: TurnScope, call: CallRow, tool: RegisteredTool,
              resolved: dict[str, Any]) -> None:
     """A task call runs in the tool worker: record it ``proposed`` with its outbox row, then
     ring the worker. Its result arrives in the ledger (``?wait=`` or ``GET /v1/calls/{id}``)."""
@@ -178,7 +170,7 @@ def _enqueue(rt: Runtime, scope: TurnScope, call: CallState, tool: RegisteredToo
 WORKER_OWNED = frozenset({S.PROPOSED, S.RUNNING})
 
 
-def refresh(rt: Runtime, calls: Iterable[CallState]) -> None:
+def refresh(rt: Runtime, calls: Iterable[CallRow]) -> None:
     """Read the ledger's view of task calls the worker may have moved since we last looked."""
     stale = {c.id: c for c in calls if c.runner == Runner.TASK}
     if not stale:
@@ -193,15 +185,15 @@ def refresh(rt: Runtime, calls: Iterable[CallState]) -> None:
         call.started_at, call.finished_at, call.decided_at = started, finished, decided
 
 
-def unsettled(scope: TurnScope) -> list[CallState]:
+def unsettled(scope: TurnScope) -> list[CallRow]:
     return [c for c in scope.calls if c.runner == Runner.TASK and c.status in WORKER_OWNED]
 
 
-def wait_settled(rt: Runtime, calls: list[CallState], timeout_s: float) -> bool:
+def wait_settled(rt: Runtime, calls: list[CallRow], timeout_s: float) -> bool:
     """Wait until none of ``calls`` is still with the worker; False on timeout. Woken by the
     worker's notification (gateway.calls.settled), reading the ledger again each time."""
     deadline = time.monotonic() + timeout_s
-    with rt.settle_listener().watching([c.id for c in calls]) as announced:
+    with rt.settled.watching([c.id for c in calls]) as announced:
         while True:
             refresh(rt, calls)
             if not any(c.status in WORKER_OWNED for c in calls):
@@ -213,7 +205,7 @@ def wait_settled(rt: Runtime, calls: list[CallState], timeout_s: float) -> bool:
             announced.clear()
 
 
-def drop_task_call(rt: Runtime, call: CallState, target: str, reason: str) -> None:
+def drop_task_call(rt: Runtime, call: CallRow, target: str, reason: str) -> None:
     """Take a task call out of its turn (cancelled, expired, aborted). A reversible effect that
     is already made goes to compensation in the same transaction; one still being made is
     compensated by the worker when it completes. The worker may move the call at this very
@@ -243,7 +235,7 @@ def drop_task_call(rt: Runtime, call: CallState, target: str, reason: str) -> No
                    code="busy")
 
 
-def _run_now(rt: Runtime, scope: TurnScope, call: CallState, tool: RegisteredTool,
+def _run_now(rt: Runtime, scope: TurnScope, call: CallRow, tool: RegisteredTool,
              resolved: dict[str, Any]) -> None:
     """Run the tool, then write the call once with its whole history (proposed, running, and
     how it ended). Nothing needs recording first: a ``db`` call's effect lives in a transaction
@@ -270,7 +262,7 @@ def _run_now(rt: Runtime, scope: TurnScope, call: CallState, tool: RegisteredToo
         raise
 
 
-def move(rt: Runtime, call: CallState, target: str, detail: dict[str, Any] | None = None,
+def move(rt: Runtime, call: CallRow, target: str, detail: dict[str, Any] | None = None,
          **values: Any) -> None:
     """Transition one call in its own ledger transaction and mirror it in memory. These are
     the states of a still-open turn, written without waiting for the WAL flush (see db.py)."""
@@ -282,7 +274,7 @@ def move(rt: Runtime, call: CallState, target: str, detail: dict[str, Any] | Non
         setattr(call, key, value)
 
 
-def _stage(rt: Runtime, scope: TurnScope, call: CallState, tool: RegisteredTool,
+def _stage(rt: Runtime, scope: TurnScope, call: CallRow, tool: RegisteredTool,
            resolved: dict[str, Any] | None) -> None:
     """Validate a call that waits for the commit (its preflight, once its arguments are known)
     and write it once: ``staged``, or ``failed`` when the preflight refuses it."""
@@ -302,7 +294,7 @@ def _stage(rt: Runtime, scope: TurnScope, call: CallState, tool: RegisteredTool,
     _record(rt, scope, call, [*moves, Move(call.subject, S.PROPOSED, S.STAGED)])
 
 
-def doomed_by(scope: TurnScope, roots: Iterable[CallState]) -> list[CallState]:
+def doomed_by(scope: TurnScope, roots: Iterable[CallRow]) -> list[CallRow]:
     """The roots and every live call depending on them, transitively, in issue order."""
     doomed = {c.id for c in roots}
     for call in scope.calls:
@@ -311,8 +303,8 @@ def doomed_by(scope: TurnScope, roots: Iterable[CallState]) -> list[CallState]:
     return [c for c in scope.calls if c.id in doomed and c.live]
 
 
-def cancel_calls(rt: Runtime, scope: TurnScope, roots: Iterable[CallState], *, reason: str,
-                 target: str = S.CANCELLED) -> list[CallState]:
+def cancel_calls(rt: Runtime, scope: TurnScope, roots: Iterable[CallRow], *, reason: str,
+                 target: str = S.CANCELLED) -> list[CallRow]:
     """Cancel calls with cascade over ``depends_on``; undo their held effects and replay the
     later live calls of the same transaction. Returns every call whose status changed."""
     doomed = doomed_by(scope, roots)
@@ -339,10 +331,10 @@ def cancel_calls(rt: Runtime, scope: TurnScope, roots: Iterable[CallState], *, r
     return changed
 
 
-def _replay(rt: Runtime, scope: TurnScope, calls: list[CallState]) -> list[CallState]:
+def _replay(rt: Runtime, scope: TurnScope, calls: list[CallRow]) -> list[CallRow]:
     """Re-run calls whose transaction was rolled back under them; a different result than the
     agent saw makes the call ``conflict`` (its effect undone) and the agent is told."""
-    changed: list[CallState] = []
+    changed: list[CallRow] = []
     for call in calls:
         if any(not scope.by_id(d).live for d in call.depends_on):
             continue  # cancelled by the orphan pass of the caller

@@ -1,6 +1,6 @@
 """Call and turn states as data: the enums and the transition tables.
 
-``gateway.ledger.service.transition_call`` / ``transition_turn`` are the only writers of a
+``gateway.ledger.transitions.transition_call`` / ``transition_turn`` are the only writers of a
 status; they refuse any move that is not in these tables.
 """
 

@@ -13,6 +13,9 @@ from gateway.deps import CurrentKey, IdempotentDep, RuntimeDep
 from gateway.events import service as events_service
 from gateway.sessions import service
 from gateway.sessions.schemas import CancelTurn, CommitTurn, CreateSession, SessionView, TurnView
+from gateway.sessions.scope import scope_of
+from gateway.sessions.views import session_view, turn_view
+from gateway.turns import commit
 from gateway.turns import service as turns_service
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
@@ -23,9 +26,9 @@ Wait = Annotated[float, Query(ge=0, le=300, description="Seconds to wait for a s
 def create_session(body: CreateSession, rt: RuntimeDep, key: CurrentKey,
                    idem: IdempotentDep) -> Response:
     def handler() -> tuple[int, object]:
-        session_id = turns_service.create_session(rt, key.tenant, body.metadata)
+        session_id = service.create_session(rt, key.tenant, body.metadata)
         with rt.dbs.ledger.connect() as conn:
-            view = service.session_view(conn, key.tenant, session_id)
+            view = session_view(conn, key.tenant, session_id)
         return 201, view.model_dump(mode="json")
 
     return idem.run(handler)
@@ -34,15 +37,15 @@ def create_session(body: CreateSession, rt: RuntimeDep, key: CurrentKey,
 @router.get("/{session_id}", response_model=SessionView)
 def get_session(session_id: str, rt: RuntimeDep, key: CurrentKey) -> SessionView:
     with rt.dbs.ledger.connect() as conn:
-        return service.session_view(conn, key.tenant, session_id)
+        return session_view(conn, key.tenant, session_id)
 
 
 @router.post("/{session_id}/turns", status_code=201, response_model=TurnView)
 def open_turn(session_id: str, rt: RuntimeDep, key: CurrentKey, idem: IdempotentDep) -> Response:
     def handler() -> tuple[int, object]:
-        with service.scope_of(rt, key.tenant, session_id):
+        with scope_of(rt, key.tenant, session_id):
             scope = turns_service.open_next_turn(rt, key.tenant, session_id)
-        return 201, service.turn_view(scope).model_dump(mode="json")
+        return 201, turn_view(scope).model_dump(mode="json")
 
     return idem.run(handler)
 
@@ -62,9 +65,9 @@ def commit_turn(session_id: str, turn_id: str, rt: RuntimeDep, key: CurrentKey,
     keep = body.keep_ids() if body else None
 
     def handler() -> tuple[int, object]:
-        with service.scope_of(rt, key.tenant, session_id, turn_id) as scope:
-            turns_service.commit_turn(rt, scope, keep)
-            return 200, service.turn_view(scope).model_dump(mode="json")
+        with scope_of(rt, key.tenant, session_id, turn_id) as scope:
+            commit.commit_turn(rt, scope, keep)
+            return 200, turn_view(scope).model_dump(mode="json")
 
     return idem.run(handler)
 
@@ -75,9 +78,9 @@ def cancel_turn(session_id: str, turn_id: str, rt: RuntimeDep, key: CurrentKey,
     reason = body.reason if body else "cancelled by the client"
 
     def handler() -> tuple[int, object]:
-        with service.scope_of(rt, key.tenant, session_id, turn_id) as scope:
+        with scope_of(rt, key.tenant, session_id, turn_id) as scope:
             turns_service.cancel_turn(rt, scope, reason)
-            return 200, service.turn_view(scope).model_dump(mode="json")
+            return 200, turn_view(scope).model_dump(mode="json")
 
     return idem.run(handler)
 

@@ -1,44 +1,22 @@
-"""Sessions: the scope a request works in, and the read views of sessions, turns and calls."""
+"""Sessions: creating one (with its first turn), the session check, and issuing a call in the
+session's open turn (the hot route, shared by its declared route and its fast path)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import insert, select
 
 from gateway.calls import service as calls_service
-from gateway.calls.schemas import CallView, IssueCall
-from gateway.calls.state import CallState, TurnScope, TurnState, load_calls, load_scope
+from gateway.calls.schemas import IssueCall
+from gateway.calls.views import call_view
 from gateway.errors import NotFound
 from gateway.ledger import models
+from gateway.ledger.audit import ensure_chain
+from gateway.ledger.transitions import now
 from gateway.runtime import Runtime
-from gateway.sessions.schemas import SessionView, TurnView
-
-
-@contextmanager
-def scope_of(rt: Runtime, tenant: str, session_id: str,
-             turn_id: str | None = None) -> Iterator[TurnScope]:
-    """Own the session, take its lock and load the turn (latest when ``turn_id`` is None)."""
-    previous = rt.claim(session_id, tenant)
-    with rt.session_lock(session_id):
-        if previous is not None:
-            from gateway import recovery
-
-            recovery.recover_session(rt, tenant, session_id)
-        scope = rt.scopes.get(session_id)
-        if scope is None or (turn_id is not None and scope.turn.id != turn_id):
-            with rt.dbs.ledger.connect() as conn:
-                scope = load_scope(conn, tenant, session_id, turn_id)
-            if turn_id is None:
-                rt.scopes[session_id] = scope
-        else:  # the worker writes its calls behind the cache
-            calls_service.refresh(rt, calls_service.unsettled(scope))
-        try:
-            yield scope
-        except BaseException:
-            rt.forget_scope(session_id)  # it may be half-updated: read it again next time
-            raise
+from gateway.sessions.scope import scope_of
+from gateway.turns.service import insert_turn
 
 
 def issue(rt: Runtime, tenant: str, session_id: str, request: IssueCall,
@@ -64,30 +42,13 @@ def check_session(rt: Runtime, tenant: str, session_id: str) -> None:
         raise NotFound(f"session {session_id!r} not found")
 
 
-def call_view(call: CallState, client_ids: dict[str, str]) -> CallView:
-    data = dict(vars(call))
-    data["depends_on"] = [client_ids.get(d, d) for d in call.depends_on]
-    data["supersedes"] = call.supersedes_id
-    return CallView.model_validate(data)
-
-
-def turn_view(scope: TurnScope) -> TurnView:
-    ids = scope.client_ids()
-    turn: TurnState = scope.turn
-    return TurnView(**{k: v for k, v in vars(turn).items() if k != "tenant"},
-                    calls=[call_view(c, ids) for c in scope.calls])
-
-
-def session_view(conn: Connection, tenant: str, session_id: str) -> SessionView:
-    sessions, turns = models.table_of(models.Session), models.table_of(models.Turn)
-    row = conn.execute(select(sessions).where(
-        sessions.c.id == session_id, sessions.c.tenant == tenant)).first()
-    if row is None:
-        raise NotFound(f"session {session_id!r} not found")
-    turn_rows = conn.execute(select(turns).where(turns.c.session_id == session_id)
-                             .order_by(turns.c.seq))
-    views = []
-    for turn_row in turn_rows:
-        turn = TurnState.from_row(turn_row)
-        views.append(turn_view(TurnScope(turn, load_calls(conn, turn.id))))
-    return SessionView(id=row.id, created_at=row.created_at, metadata=row.metadata, turns=views)
+def create_session(rt: Runtime, tenant: str, metadata: dict[str, Any]) -> str:
+    session_id = models.new_id("ses")
+    with rt.dbs.ledger.begin() as conn:
+        ensure_chain(conn, tenant)
+        conn.execute(insert(models.Session).values(
+            id=session_id, tenant=tenant, meta=metadata, owner_id=rt.gateway_id,
+            owner_seen_at=now(),
+        ))
+        insert_turn(conn, rt, tenant, session_id, 1)
+    return session_id

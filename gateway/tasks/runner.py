@@ -30,11 +30,12 @@ from sqlalchemy.orm import Session
 
 from gateway.calls.execution import CallIdentity, tool_context
 from gateway.calls.settled import notify
-from gateway.calls.state import CallState, find_call
 from gateway.config import Settings
 from gateway.db import Databases
-from gateway.ledger.service import COMPENSATE, StaleTransition, enqueue, now, transition_call
+from gateway.ledger.rows import CallRow, find_call
 from gateway.ledger.states import DROPPED_CALL_STATUSES, CallStatus
+from gateway.ledger.transitions import StaleTransition, now, transition_call
+from gateway.tasks.outbox import COMPENSATE, enqueue
 from gateway.tools.registry import RegisteredTool, Registry
 from tool_adapters.sdk import ToolContext, ToolError
 
@@ -104,7 +105,7 @@ def _later(conn: Connection, row_id: int, delay_s: float, error: str | None,
         {"id": row_id, "n": 1 if count else 0, "error": error, "delay": delay_s})
 
 
-def _move_now(w: WorkerContext, call: CallState, target: str, **values: Any) -> bool:
+def _move_now(w: WorkerContext, call: CallRow, target: str, **values: Any) -> bool:
     """A visible status change outside the row-lock transaction (so a cancel racing it is
     never blocked behind the tool). False when another writer got there first."""
     try:
@@ -135,7 +136,7 @@ def invoke(w: WorkerContext, tool: RegisteredTool, fn: Callable[[ToolContext], A
             session.close()
 
 
-def _invoke(w: WorkerContext, call: CallState, tool: RegisteredTool,
+def _invoke(w: WorkerContext, call: CallRow, tool: RegisteredTool,
             fn: Callable[[ToolContext], Any], key: str) -> _Attempt:
     identity = CallIdentity(call.id, key, call.tenant, call.session_id, call.turn_id)
     try:
@@ -156,7 +157,7 @@ def _backoff(w: WorkerContext, attempts: int) -> float:
     return float(w.settings.task_retry_base_s * (2 ** attempts))
 
 
-def _run(w: WorkerContext, conn: Connection, row: Any, call: CallState,
+def _run(w: WorkerContext, conn: Connection, row: Any, call: CallRow,
          tool: RegisteredTool) -> str:
     if call.status == S.STAGED:  # decided, but the gateway has not marked it yet
         _later(conn, row.id, 1.0, None, count=False)
@@ -178,7 +179,7 @@ def _run(w: WorkerContext, conn: Connection, row: Any, call: CallState,
     return _finish(w, conn, row, call, tool, attempt)
 
 
-def _finish(w: WorkerContext, conn: Connection, row: Any, call: CallState,
+def _finish(w: WorkerContext, conn: Connection, row: Any, call: CallRow,
             tool: RegisteredTool, attempt: _Attempt) -> str:
     values: dict[str, Any] = {"finished_at": now()}
     if attempt.ok:
@@ -209,7 +210,7 @@ def _finish(w: WorkerContext, conn: Connection, row: Any, call: CallState,
     return str(target)
 
 
-def _compensate(w: WorkerContext, conn: Connection, row: Any, call: CallState,
+def _compensate(w: WorkerContext, conn: Connection, row: Any, call: CallRow,
                 tool: RegisteredTool) -> str:
     if call.status != S.COMPENSATING:
         _done(conn, row.id, f"nothing to compensate: the call is {call.status}")

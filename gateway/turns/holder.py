@@ -3,9 +3,9 @@
 A turn's effects on a tool database live in one transaction on a dedicated connection; every
 call runs in its own savepoint, named after the call, and the savepoint is kept so that
 cancelling the call can roll back to it. A turn that touches several databases holds one
-connection per database. Commit is local (with the commit marker inside the same transaction)
-when the only database is the ledger's; otherwise every foreign database is PREPAREd, the
-decision is made durable in the ledger, then each is COMMIT PREPARED (presumed abort).
+connection per database; each but the ledger's is begun as a two-phase transaction under a
+global id that names the turn. How a hold is committed (locally, or by PREPARE, decision,
+COMMIT PREPARED) is ``gateway.turns.twophase``.
 
 The number of held connections is bounded per process; past the bound a new turn transaction is
 refused with ``Unavailable`` (429) instead of queueing, because a voice agent would rather fall
@@ -15,32 +15,20 @@ back to waiting for the user than stall.
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from sqlalchemy import Connection, Engine, TwoPhaseTransaction, exc, text
+from sqlalchemy import Connection, Engine, TwoPhaseTransaction, exc
 from sqlalchemy.orm import Session
 
-from gateway import faults
 from gateway.db import same_database
 from gateway.errors import Unavailable
-from gateway.ledger.service import APPROVAL, COMMIT, write_decision
+from gateway.turns.twophase import make_gid
 
 log = logging.getLogger("specgate.turns")
 T = TypeVar("T")
-
-
-def make_gid(prefix: str, turn_id: str) -> str:
-    """A fresh global transaction id; it names the turn so recovery can find its decision."""
-    return f"{prefix}:{turn_id}:{secrets.token_hex(6)}"
-
-
-def turn_of_gid(gid: str) -> str | None:
-    parts = gid.split(":")
-    return parts[1] if len(parts) == 3 else None
 
 
 class ToolSession(Session):
@@ -180,50 +168,6 @@ class TurnHold:
     def has_effect(self, call_id: str) -> bool:
         return any(e.call_id == call_id and e.kept for e in self.entries)
 
-    def commit(self, ledger: Engine, turn_id: str, outcomes: dict[str, Any],
-               dispatch: Sequence[str], grace_s: float) -> None:
-        """Make every held effect durable, with the decision (and the outbox rows of the
-        ``dispatch`` calls) recorded exactly once."""
-        local = [h for h in self.connections.values() if h.gid is None]
-        foreign = [h for h in self.connections.values() if h.gid is not None]
-        for held in foreign:
-            held.prepare()
-        if foreign:
-            faults.hit("after_prepare")
-        gids = ",".join(h.gid for h in foreign if h.gid) or None
-        if local:
-            write_decision(local[0].conn, turn_id, COMMIT, outcomes, gids,
-                           dispatch=dispatch, grace_s=grace_s)
-            local[0].tx.commit()
-        else:
-            with ledger.begin() as conn:
-                write_decision(conn, turn_id, COMMIT, outcomes, gids, dispatch=dispatch,
-                               grace_s=grace_s)
-        faults.hit("after_decision")
-        for held in foreign:
-            try:
-                held.tx.commit()
-                held.prepared = False
-            except exc.DBAPIError:
-                # The decision is durable; the reconciler commits what is still prepared.
-                log.exception("COMMIT PREPARED %r failed; left to the reconciler", held.gid)
-
-    def prepare_for_approval(self, ledger: Engine, turn_id: str, outcomes: dict[str, Any],
-                             dispatch: Sequence[str], grace_s: float) -> None:
-        """PREPARE every held transaction, the ledger's own included, and record the decision
-        ``approval``: the effects wait, durable and holding their locks but no connection,
-        until the calls' approval resolves them (``gateway.calls.approvals``). A crash before
-        the decision is written leaves prepared transactions without one: presumed abort."""
-        for held in self.connections.values():
-            if held.gid is None:
-                held.gid = make_gid(self.gid_prefix, turn_id)
-            held.prepare()
-        faults.hit("after_prepare")
-        gids = ",".join(h.gid for h in self.connections.values() if h.gid)
-        with ledger.begin() as conn:
-            write_decision(conn, turn_id, APPROVAL, outcomes, gids, dispatch=dispatch,
-                           grace_s=grace_s)
-
     def rollback(self) -> None:
         for held in self.connections.values():
             try:
@@ -297,32 +241,3 @@ class HeldTurns:
         return list(self._holds)
 
 
-def prepared_gids(conn: Connection, prefix: str) -> list[tuple[str, Any]]:
-    """Our prepared transactions on the connection's database: (gid, prepared_at)."""
-    rows = conn.execute(
-        text("SELECT gid, prepared FROM pg_prepared_xacts WHERE gid LIKE :p AND database = "
-             "current_database()"),
-        {"p": f"{prefix}:%"},
-    )
-    return [(row.gid, row.prepared) for row in rows]
-
-
-def finish_prepared(engines: Sequence[Engine], gids: Sequence[str], commit: bool) -> int:
-    """COMMIT (or ROLLBACK) PREPARED each of ``gids`` on whichever database holds it; returns
-    how many it finished. Call it only once the decision is durable in the ledger: a gid it
-    cannot finish now stays prepared and the reconciler finishes it from that decision."""
-    verb = "COMMIT" if commit else "ROLLBACK"
-    done = 0
-    for engine in engines:
-        try:
-            with engine.connect() as pooled:
-                conn = pooled.execution_options(isolation_level="AUTOCOMMIT")
-                found = conn.execute(text("SELECT gid FROM pg_prepared_xacts WHERE gid = ANY(:g) "
-                                          "AND database = current_database()"),
-                                     {"g": list(gids)}).scalars().all()
-                for gid in found:
-                    conn.exec_driver_sql(f"{verb} PREPARED '{gid}'")
-                    done += 1
-        except exc.DBAPIError:
-            log.exception("%s PREPARED of %s failed; left to the reconciler", verb, gids)
-    return done

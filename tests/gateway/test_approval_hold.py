@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from gateway.recovery import reconcile
+from gateway.turns.recovery import reconcile
 from tests.conftest import ShopFixture, open_shop
 from tests.gateway.helpers import Api, expire_approval, new_keys, shop_state
 

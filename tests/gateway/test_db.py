@@ -11,20 +11,21 @@ import pytest
 from psycopg.pq import TransactionStatus
 from sqlalchemy import text
 
+from gateway.app import create_runtime
 from gateway.calls.schemas import IssueCall
 from gateway.calls.service import issue_call
 from gateway.db import driver
 from gateway.runtime import Runtime
-from gateway.sessions.service import scope_of
+from gateway.sessions.scope import scope_of
+from gateway.sessions.service import create_session
 from gateway.tools.registry import Registry
-from gateway.turns.service import create_session
 from tests.conftest import make_settings
 from tool_adapters.sdk import Adapter, ToolContext, tool
 
 
 @pytest.fixture
 def runtime(pg_home: Path, ledger_url: str) -> Iterator[Runtime]:
-    rt = Runtime.create(make_settings(pg_home, ledger_url), gateway_id=f"db-{uuid.uuid4().hex[:6]}")
+    rt = create_runtime(make_settings(pg_home, ledger_url), gateway_id=f"db-{uuid.uuid4().hex[:6]}")
     yield rt
     rt.close()
 

@@ -10,19 +10,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from gateway.app import create_runtime
 from gateway.calls.schemas import IssueCall
 from gateway.calls.service import issue_call
-from gateway.calls.state import CallState
-from gateway.ledger.service import (
-    IllegalTransition,
-    StaleTransition,
-    batched,
-    transition_call,
-    verify_chain,
-)
+from gateway.ledger.audit import verify_chain
+from gateway.ledger.rows import CallRow
+from gateway.ledger.transitions import IllegalTransition, StaleTransition, batched, transition_call
 from gateway.runtime import Runtime
-from gateway.sessions.service import scope_of
-from gateway.turns.service import create_session
+from gateway.sessions.scope import scope_of
+from gateway.sessions.service import create_session
 from tests.conftest import make_settings, reset_shop
 
 
@@ -30,12 +26,12 @@ from tests.conftest import make_settings, reset_shop
 def runtime(pg_home: Path, ledger_url: str) -> Iterator[Runtime]:
     settings = make_settings(pg_home, ledger_url)
     reset_shop(ledger_url, settings)
-    rt = Runtime.create(settings, gateway_id=f"ledger-{uuid.uuid4().hex[:6]}")
+    rt = create_runtime(settings, gateway_id=f"ledger-{uuid.uuid4().hex[:6]}")
     yield rt
     rt.close()
 
 
-def _two_calls(rt: Runtime, tenant: str) -> tuple[str, list[CallState]]:
+def _two_calls(rt: Runtime, tenant: str) -> tuple[str, list[CallRow]]:
     session_id = create_session(rt, tenant, {})
     with scope_of(rt, tenant, session_id) as scope:
         for cid in ("a", "b"):

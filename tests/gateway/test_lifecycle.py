@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 
-from gateway import recovery
 from gateway.auth.service import create_key
 from gateway.db import make_engine
 from gateway.migrate import downgrade_ledger, upgrade_ledger
+from gateway.turns import recovery
 from tests.conftest import make_settings, reset_shop
 from tests.gateway.helpers import Api, shop_state
 

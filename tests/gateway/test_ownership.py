@@ -10,9 +10,9 @@ from typing import Any
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from gateway import recovery
 from gateway.auth.service import create_key
 from gateway.db import make_engine
+from gateway.turns import recovery
 from tests.conftest import make_settings, reset_shop
 from tests.gateway.helpers import Api, shop_state
 

@@ -1,4 +1,5 @@
-"""The reconciler and the TTL reaper (DESIGN §3 "Crash and recovery", invariants I1–I4, I9).
+"""Recovery: the reconciler and the TTL reaper (docs/architecture.md#recovery; invariants I1–I4
+and I9 of docs/architecture.md#invariants).
 
 Run at start-up and then every ``reaper_period_s`` by each gateway, under a Postgres advisory
 lock so two gateways never resolve the same thing at once:
@@ -23,13 +24,15 @@ from sqlalchemy import Connection, text
 
 from gateway.calls import approvals
 from gateway.calls import service as calls_service
-from gateway.calls.state import TurnScope, load_scope
 from gateway.errors import Conflict
-from gateway.ledger.service import ABORT, APPROVAL, COMMIT, now, read_decision, write_decision
+from gateway.ledger.rows import TurnScope, load_scope
 from gateway.ledger.states import CallStatus, TurnStatus
+from gateway.ledger.transitions import now
 from gateway.runtime import Runtime
+from gateway.turns import commit
 from gateway.turns import service as turns_service
-from gateway.turns.holder import prepared_gids, turn_of_gid
+from gateway.turns.decision import ABORT, APPROVAL, COMMIT, read_decision, write_decision
+from gateway.turns.twophase import end_prepared, prepared_gids, turn_of_gid
 
 log = logging.getLogger("specgate.recovery")
 S, T = CallStatus, TurnStatus
@@ -73,12 +76,10 @@ def _resolve_prepared(rt: Runtime, counts: dict[str, int]) -> None:
             conn = pooled.execution_options(isolation_level="AUTOCOMMIT")
             for gid, prepared_at in prepared_gids(conn, rt.settings.gid_prefix):
                 decision = _decide_prepared(rt, gid, prepared_at)
-                if decision == COMMIT:
-                    conn.exec_driver_sql(f"COMMIT PREPARED '{gid}'")
-                    counts["committed_prepared"] += 1
-                elif decision == ABORT:
-                    conn.exec_driver_sql(f"ROLLBACK PREPARED '{gid}'")
-                    counts["rolled_back_prepared"] += 1
+                if decision in (COMMIT, ABORT):
+                    end_prepared(conn, gid, commit=decision == COMMIT)
+                    counts["committed_prepared" if decision == COMMIT
+                           else "rolled_back_prepared"] += 1
 
 
 def _decide_prepared(rt: Runtime, gid: str, prepared_at: Any) -> str | None:
@@ -146,7 +147,7 @@ def _resolve_orphan(rt: Runtime, scope: TurnScope, counts: dict[str, int]) -> No
     with rt.dbs.ledger.connect() as conn:
         marker = read_decision(conn, turn.id)
     if turn.status == T.COMMITTING and marker and marker["decision"] in (COMMIT, APPROVAL):
-        turns_service.finalize(rt, scope, marker["outcomes"])
+        commit.finalize(rt, scope, marker["outcomes"])
         counts["finished"] += 1
     elif turn.status == T.CANCELLING:
         turns_service.end_turn(rt, scope, None, T.CANCELLED, S.CANCELLED,

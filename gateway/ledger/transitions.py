@@ -1,15 +1,14 @@
-"""The only writer of call and turn statuses, and the hash-chained audit trail.
+"""The only writer of call and turn statuses.
 
-Every status change goes through ``transition_call`` or ``transition_turn``: they check the
-transition table, compare-and-set the row (``WHERE status = :from``) so two writers can never
-both win, and append the audit event in the same statement. Events are chained per tenant:
-``hash = sha256(prev_hash || canonical(event))``, computed by the ``specgate_append_events``
-function (migration 0002) under a lock of the tenant's chain head.
+Every status change goes through ``transition_call``, ``transition_calls`` or
+``transition_turn`` (and ``create_row`` for a new call or turn): they check the transition table
+(``gateway.ledger.states``), compare-and-set the row (``WHERE status = :from``) so two writers
+can never both win, and append the audit event (``gateway.ledger.audit``) in the same
+statement, so a change and its event are one fact even in autocommit.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -21,15 +20,14 @@ from typing import Any
 import orjson
 import psycopg
 from psycopg.types.json import Jsonb
-from sqlalchemy import Connection, Table, select
+from sqlalchemy import Connection, Table
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from gateway.db import driver
 from gateway.ledger import models
+from gateway.ledger.audit import Subject, canonical
 from gateway.ledger.states import call_move_allowed, turn_move_allowed
 
-GENESIS = "0" * 64
 LedgerConn = Connection | psycopg.Connection[Any]
 
 
@@ -41,33 +39,8 @@ class IllegalTransition(Exception):
     """A move the transition table does not allow: a bug in the caller."""
 
 
-@dataclass(frozen=True, slots=True)
-class Subject:
-    """What an event is about: a turn (call_id None) or one call of it."""
-
-    tenant: str
-    session_id: str
-    turn_id: str
-    call_id: str | None = None
-
-
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-def canonical(subject: Subject, source: str | None, target: str, at: datetime,
-              detail: Mapping[str, Any]) -> str:
-    event = {
-        "at": at.astimezone(UTC).isoformat(),
-        "call": subject.call_id,
-        "detail": detail,
-        "from": source,
-        "session": subject.session_id,
-        "tenant": subject.tenant,
-        "to": target,
-        "turn": subject.turn_id,
-    }
-    return orjson.dumps(event, option=orjson.OPT_SORT_KEYS).decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +70,7 @@ def _events(moves: Sequence[Move]) -> list[dict[str, Any]]:
 _APPEND_SQL = "SELECT specgate_append_events(%(tenant)s, %(events)s) FROM changed"
 
 
-def _dumps(value: Any) -> str:
+def dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
@@ -105,7 +78,7 @@ def _adapt(table: Table, values: Mapping[str, Any]) -> dict[str, Any]:
     """Parameters for the driver: JSONB columns wrapped (a JSON ``null`` stays SQL NULL)."""
     jsonb = _jsonb_columns(table)
     return {
-        key: Jsonb(value, dumps=_dumps) if value is not None and key in jsonb else value
+        key: Jsonb(value, dumps=dumps) if value is not None and key in jsonb else value
         for key, value in values.items()
     }
 
@@ -157,21 +130,13 @@ def _run(conn: LedgerConn, sql: str, params: dict[str, Any], tenant: str,
     one statement, so it is atomic even in autocommit. The hot path of every call, so it goes
     to the driver directly (prepared after a few uses) instead of building a Core statement.
     Inside ``batched`` the check is deferred to the end of the batch."""
-    params = {**params, "tenant": tenant, "events": Jsonb(_events(moves), dumps=_dumps)}
+    params = {**params, "tenant": tenant, "events": Jsonb(_events(moves), dumps=dumps)}
     cursor = driver(conn).execute(sql, params)
     pending = _BATCH.get()
     if pending is not None:
         pending.append((what, cursor))
         return True
     return cursor.fetchone() is not None
-
-
-def ensure_chain(conn: Connection, tenant: str) -> None:
-    """Create the tenant's chain head once (appends lock and advance it)."""
-    stmt = pg_insert(models.AuditHead).values(
-        tenant=tenant, seq=0, hash=GENESIS, prev_hash=GENESIS
-    )
-    conn.execute(stmt.on_conflict_do_nothing(index_elements=["tenant"]))
 
 
 def create_row(conn: LedgerConn, model: type[models.Base], values: Mapping[str, Any],
@@ -181,50 +146,6 @@ def create_row(conn: LedgerConn, model: type[models.Base], values: Mapping[str, 
     columns = tuple(sorted(values))
     _run(conn, _insert_sql(table.name, columns), _adapt(table, values),
          moves[0].subject.tenant, moves)
-
-
-def write_decision(conn: LedgerConn, turn_id: str, decision: str, outcomes: Mapping[str, Any],
-                   gid: str | None = None, *, if_absent: bool = False,
-                   dispatch: Sequence[str] = (), grace_s: float = 2.0) -> None:
-    """Record a turn's decision (the commit marker). The primary key makes the first decision
-    the only one: ``if_absent`` leaves an existing one as it is (the reconciler's abort).
-    ``dispatch``: calls the tool worker runs because of this decision; their outbox rows are
-    written in the same transaction, so the decision and the work it orders are one fact."""
-    sql = ("INSERT INTO commit_markers (turn_id, decision, gid, outcomes) "
-           "VALUES (%(turn_id)s, %(decision)s, %(gid)s, %(outcomes)s)")
-    if if_absent:
-        sql += " ON CONFLICT (turn_id) DO NOTHING"
-    driver(conn).execute(sql, {"turn_id": turn_id, "decision": decision, "gid": gid,
-                                "outcomes": Jsonb(dict(outcomes), dumps=_dumps)})
-    enqueue(conn, dispatch, RUN, grace_s)
-
-
-# Decisions a commit marker records. ``approval``: the turn committed, but its prepared
-# transactions wait for approvals of calls in them, which turn it into ``commit`` or ``abort``.
-COMMIT, ABORT, APPROVAL = "commit", "abort", "approval"
-
-RUN, COMPENSATE = "run", "compensate"  # what an outbox row asks of the tool worker
-
-_ENQUEUE = ("INSERT INTO outbox (call_id, kind, payload, attempts, sends, next_at) "
-            "VALUES (%(call_id)s, %(kind)s, '{}'::jsonb, 0, 1, "
-            "now() + make_interval(secs => %(grace)s))")
-
-
-def enqueue(conn: LedgerConn, call_ids: Sequence[str], kind: str, grace_s: float) -> None:
-    """Outbox rows for the tool worker, in the caller's transaction. They count as sent once:
-    the writer publishes them after its commit, and the relay sends them again only after
-    ``grace_s`` (see gateway.tasks.outbox)."""
-    if call_ids:
-        driver(conn).cursor().executemany(
-            _ENQUEUE, [{"call_id": c, "kind": kind, "grace": grace_s} for c in call_ids])
-
-
-def read_decision(conn: LedgerConn, turn_id: str) -> dict[str, Any] | None:
-    """The turn's commit marker as a dict (``decision``, ``outcomes``, ``gid``), or None."""
-    row = driver(conn).execute(
-        "SELECT decision, outcomes, gid FROM commit_markers WHERE turn_id = %s", [turn_id]
-    ).fetchone()
-    return None if row is None else {"decision": row[0], "outcomes": row[1], "gid": row[2]}
 
 
 def _check(move: Move, allowed: bool) -> None:
@@ -282,6 +203,8 @@ WITH v AS (
     RETURNING c.id)
 SELECT (SELECT count(*) FROM changed) AS moved, specgate_append_events(%(tenant)s, %(events)s)
 """
+
+
 _BULK_FIELDS = ("result", "error", "resolved_arguments")
 
 
@@ -313,8 +236,8 @@ def transition_calls(conn: LedgerConn, tenant: str, moves: Sequence[CallMove]) -
         rows.append(row)
     events = _events([Move(m.subject, m.source, m.target) for m in moves])
     moved = driver(conn).execute(_BULK_SQL, {
-        "rows": Jsonb(rows, dumps=_dumps), "tenant": tenant,
-        "events": Jsonb(events, dumps=_dumps)}).fetchone()
+        "rows": Jsonb(rows, dumps=dumps), "tenant": tenant,
+        "events": Jsonb(events, dumps=dumps)}).fetchone()
     if moved is None or moved[0] != len(moves):
         raise StaleTransition(f"{len(moves) - (moved[0] if moved else 0)} of {len(moves)} calls "
                               "changed meanwhile")
@@ -331,28 +254,3 @@ def transition_turn(conn: LedgerConn, subject: Subject, source: str, target: str
     _check(move, turn_move_allowed(source, target))
     if not _transition(conn, models.Turn, subject.turn_id, move, values):
         raise StaleTransition(f"turn {subject.turn_id!r} is no longer {source!r}")
-
-
-def _stored_events(conn: Connection, tenant: str) -> Iterator[Any]:
-    table = models.table_of(models.CallEvent)
-    yield from conn.execute(
-        select(table).where(table.c.tenant == tenant).order_by(table.c.seq)
-    ).yield_per(1000)
-
-
-def verify_chain(conn: Connection, tenant: str) -> int:
-    """Recompute the tenant's chain; returns the number of events, raises on a break."""
-    expected_prev, count = GENESIS, 0
-    for row in _stored_events(conn, tenant):
-        subject = Subject(row.tenant, row.session_id, row.turn_id, row.call_id)
-        payload = canonical(subject, row.from_status, row.to_status, row.at, row.detail)
-        digest = hashlib.sha256((expected_prev + payload).encode()).hexdigest()
-        if row.prev_hash != expected_prev or row.hash != digest:
-            raise ValueError(f"audit chain of {tenant!r} breaks at event seq {row.seq}")
-        expected_prev, count = row.hash, count + 1
-    head = conn.execute(
-        select(models.AuditHead.hash).where(models.AuditHead.tenant == tenant)
-    ).scalar()
-    if count and head != expected_prev:
-        raise ValueError(f"audit chain head of {tenant!r} does not match its last event")
-    return count
