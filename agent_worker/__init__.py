@@ -9,5 +9,5 @@ the gateway's REST API), ``placeholders`` (``"$3.a"`` in arguments), ``gateway_c
 profiles), ``prompt`` (the system prompt), ``backends`` (oracle, OpenAI-compatible chat),
 ``inputs`` (transcript file, text at a speech rate, stdin), ``trace`` (JSON lines),
 ``session`` (one utterance as a session) and ``cli`` (the ``specgate agent`` command). Errors
-are drawn in ``errors``. Decisions: README.md here.
+are drawn in ``errors``. Decisions: docs/agent-worker.md.
 """

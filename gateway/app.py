@@ -31,8 +31,8 @@ from gateway.sessions import router as sessions_router
 from gateway.tasks.outbox import LazyPublisher
 from gateway.tools import router as tools_router
 from gateway.tools.registry import load_registry
+from gateway.transactions.holder import HeldTurns
 from gateway.turns import recovery
-from gateway.turns.holder import HeldTurns
 
 log = logging.getLogger("specgate.app")
 

@@ -2,7 +2,7 @@
 
 The ledger engine is an ordinary pool of short transactions. Tool engines hand out the
 connections that turn transactions hold; those are checked out for the life of a turn and are
-bounded by ``max_held_transactions`` (see ``gateway.turns.holder``), so the pool size follows
+bounded by ``max_held_transactions`` (see ``gateway.transactions.holder``), so the pool size follows
 that bound rather than request concurrency. Each thread also keeps an autocommit connection of
 its own to the ledger's database: a call's ledger writes go there, and so does the read-only
 transaction of a tool whose database is the ledger's.

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # types only: the parts are built by gateway.app.create_runti
     from gateway.ledger.rows import TurnScope
     from gateway.tasks.outbox import LazyPublisher
     from gateway.tools.registry import Registry
-    from gateway.turns.holder import HeldTurns
+    from gateway.transactions.holder import HeldTurns
 
 _CLAIM = text(
     """

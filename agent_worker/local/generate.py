@@ -138,7 +138,8 @@ class KVState:
         except BaseException:
             self.reset()
             raise
-        return out.logits[0, -1].float()
+        logits: torch.Tensor = out.logits[0, -1].float()
+        return logits
 
 
 def crop_to(cache: Any, length: int) -> None:

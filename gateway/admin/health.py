@@ -16,7 +16,8 @@ from sqlalchemy.engine import make_url
 from gateway.ledger.states import LIVE_CALL_STATUSES, CallStatus
 from gateway.ledger.transitions import now
 from gateway.runtime import Runtime
-from gateway.turns.twophase import prepared_gids, turn_of_gid
+from gateway.transactions.decision import turn_of_gid
+from gateway.transactions.twophase import prepared_gids
 
 WORKER_STALE_S = 15.0
 _RECENT = "heartbeat_at > now() - interval '10 minutes' ORDER BY heartbeat_at DESC LIMIT 8"

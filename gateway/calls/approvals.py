@@ -1,5 +1,5 @@
-"""Approval of calls (DESIGN §2): after its turn commits, a call that needs approval waits in
-``awaiting_approval`` until an admin or the app approves or denies it.
+"""Approval of calls (docs/architecture.md#effect-classes): after its turn commits, a call that
+needs approval waits in ``awaiting_approval`` until an admin or the app approves or denies it.
 
 Which calls: tools declared ``requires_approval=True``, plus what the tenant's policy adds
 (``Settings.approval_policy``: tool names or ``class:<effect>``). The app approves with the
@@ -8,13 +8,14 @@ action back and ask "shall I?"); the token is bound to the call's tool and argum
 expires with the approval. Only its hash is stored. An approval writes the call's outbox row in
 the same transaction, so the tool worker runs it once; a denial leaves no effect.
 
-A ``db`` call's effect lives in its turn transaction, so once a ``db`` call needing approval
-has run at commit the whole transaction is PREPAREd (DESIGN §3) and every ``db`` call with an
-effect in it waits with it: the decision ``approval`` in the commit marker keeps the reconciler
-off. The last approval turns it into ``commit`` (COMMIT PREPARED, every waiting call
-``succeeded``); the first denial, or an expired approval, into ``abort`` (ROLLBACK PREPARED,
-every waiting call ``denied``, or ``failed`` if it was approved already). Calls that wait only
-because they share the transaction are decided with it and cannot be approved on their own.
+A ``db`` call's effect lives in its turn transaction, so once a ``db`` call needing approval has
+run at commit the whole transaction is PREPAREd (docs/architecture.md#two-phase-commit) and
+every ``db`` call with an effect in it waits with it: the decision ``approval`` in the commit
+marker keeps the reconciler off. The last approval turns it into ``commit`` (COMMIT PREPARED,
+every waiting call ``succeeded``); the first denial, or an expired approval, into ``abort``
+(ROLLBACK PREPARED, every waiting call ``denied``, or ``failed`` if it was approved already).
+Calls that wait only because they share the transaction are decided with it and cannot be
+approved on their own.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ from gateway.ledger.transitions import (
 from gateway.runtime import Runtime
 from gateway.tasks.outbox import RUN, enqueue
 from gateway.tools.registry import RegisteredTool
-from gateway.turns.decision import ABORT, APPROVAL, COMMIT
-from gateway.turns.twophase import finish_prepared
+from gateway.transactions.decision import ABORT, APPROVAL, COMMIT
+from gateway.transactions.twophase import finish_prepared
 
 S = CallStatus
 TOKEN_PREFIX = "sgc_"

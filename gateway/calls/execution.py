@@ -1,6 +1,6 @@
 """Running one tool function for a call, in the right transaction, and capturing its outcome.
 
-Where a ``db`` call runs follows from its effect class (DESIGN §2):
+Where a ``db`` call runs follows from its effect class (docs/architecture.md#effect-classes):
 - kept effects (reversible now, sensitive at commit) run in the turn transaction, in a savepoint
   that is kept so the call can still be undone;
 - reads run in the turn transaction when one is open on that database (so they see the turn's
@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from gateway.db import driver
 from gateway.runtime import Runtime
 from gateway.tools.registry import RegisteredTool
-from gateway.turns.holder import HeldConnection, ToolSession, TurnHold
+from gateway.transactions.holder import HeldConnection, ToolSession, TurnHold
 from tool_adapters.sdk import ToolContext, ToolError
 
 log = logging.getLogger("specgate.calls")

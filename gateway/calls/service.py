@@ -1,4 +1,4 @@
-"""Issuing and cancelling calls in an open turn (DESIGN §3).
+"""Issuing and cancelling calls in an open turn (docs/architecture.md#commit-protocol).
 
 Everything here runs under the session's lock with a ``TurnScope`` loaded from the ledger.
 All validation happens before the first write, so a refused request changes nothing.

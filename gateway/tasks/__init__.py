@@ -1,1 +1,2 @@
-"""The ``task`` runner: Celery tool worker, outbox and relay (DESIGN §2–3)."""
+"""The ``task`` runner: Celery tool worker, outbox and relay
+(docs/architecture.md#effect-classes)."""

@@ -1,9 +1,9 @@
 """The Celery application shared by the gateway (which only publishes) and the tool worker.
 
-Messages carry nothing but a call id: the ledger says what to do (DESIGN §3, "tasks are ids").
-So the broker may lose a message, deliver it twice or deliver it late without harm: the outbox
-relay sends the id again while the work is not done, and a worker works on a call only while it
-holds the call's outbox row locked.
+Messages carry nothing but a call id: the ledger says what to do (tasks are ids, see
+docs/architecture.md#outbox). So the broker may lose a message, deliver it twice or deliver it
+late without harm: the outbox relay sends the id again while the work is not done, and a worker
+works on a call only while it holds the call's outbox row locked.
 
 With no ``SPECGATE_BROKER_URL`` the broker is the ledger's own Postgres through kombu's
 SQLAlchemy transport (``specgate-sql+postgresql+psycopg://…``, the same transport polling

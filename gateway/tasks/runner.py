@@ -1,4 +1,5 @@
-"""What the tool worker does with a call id: the ``task`` runner of DESIGN §2–3.
+"""What the tool worker does with a call id: the ``task`` runner
+(docs/architecture.md#effect-classes).
 
 A message names a call. The worker takes the call's oldest unfinished outbox row with
 ``FOR UPDATE SKIP LOCKED`` and keeps it locked while it works, so two deliveries of one message

@@ -7,10 +7,10 @@ data (docs/architecture.md#commit-protocol). Its order:
    expiry, in autocommit, so the winner is known at once);
 2. cancel the live calls the client did not keep (with their dependents);
 3. run the staged calls, in issue order, inside the turn transaction;
-4. record the decision (``gateway.turns.decision``: the commit marker with every kept call's
+4. record the decision (``gateway.transactions.decision``: the commit marker with every kept call's
    outcome, and the outbox rows of the task calls it orders) atomically with the effects: in the
    turn's own transaction when the ledger is its only database, else between PREPARE and COMMIT
-   PREPARED (``gateway.turns.twophase``);
+   PREPARED (``gateway.transactions.twophase``);
 5. mark the calls and the turn in the ledger (``finalize``).
 
 A crash after step 4 is finished by recovery from the marker; a crash before it leaves nothing
@@ -34,8 +34,8 @@ from gateway.ledger.rows import CallRow, TurnScope
 from gateway.ledger.states import CallStatus, TurnStatus
 from gateway.ledger.transitions import CallMove, now, transition_calls, transition_turn
 from gateway.runtime import Runtime
-from gateway.turns import twophase
-from gateway.turns.decision import APPROVAL, COMMIT, write_decision
+from gateway.transactions import twophase
+from gateway.transactions.decision import APPROVAL, COMMIT, write_decision
 from gateway.turns.service import abort_turn, move_turn
 
 log = logging.getLogger("specgate.turns")

@@ -29,10 +29,17 @@ from gateway.ledger.rows import TurnScope, load_scope
 from gateway.ledger.states import CallStatus, TurnStatus
 from gateway.ledger.transitions import now
 from gateway.runtime import Runtime
+from gateway.transactions.decision import (
+    ABORT,
+    APPROVAL,
+    COMMIT,
+    read_decision,
+    turn_of_gid,
+    write_decision,
+)
+from gateway.transactions.twophase import end_prepared, prepared_gids
 from gateway.turns import commit
 from gateway.turns import service as turns_service
-from gateway.turns.decision import ABORT, APPROVAL, COMMIT, read_decision, write_decision
-from gateway.turns.twophase import end_prepared, prepared_gids, turn_of_gid
 
 log = logging.getLogger("specgate.recovery")
 S, T = CallStatus, TurnStatus

@@ -1,5 +1,6 @@
-"""Approval of `db`-runner calls (DESIGN §3, "hold across approval"): the committed turn's
-transaction is PREPAREd and waits, in both topologies, until approved, denied or expired.
+"""Approval of `db`-runner calls, the turn held across approval
+(docs/architecture.md#two-phase-commit): the committed turn's transaction is PREPAREd and waits,
+in both topologies, until approved, denied or expired.
 
 Against real Postgres; the shop's state is read from another connection, so "nothing visible"
 means what it says.

@@ -2,10 +2,10 @@
 process, the embedded broker (the ledger's Postgres), a real SMTP server and a real HTTP booking
 service on localhost.
 
-What must hold (DESIGN §8): a sensitive mail is never sent before commit (I5) and exactly once
-after it (I2), also across a SIGKILLed worker and a broker that is down at commit; a dropped
-reversible effect is compensated exactly once (I3), also when the cancel races the task; a
-compensation that keeps failing ends ``compensation_failed`` with its error.
+What must hold (docs/architecture.md#invariants): a sensitive mail is never sent before commit
+(I5) and exactly once after it (I2), also across a SIGKILLed worker and a broker that is down at
+commit; a dropped reversible effect is compensated exactly once (I3), also when the cancel races
+the task; a compensation that keeps failing ends ``compensation_failed`` with its error.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.orm import Session
 
 from gateway.tools.registry import load_adapter, load_registry
-from gateway.turns.holder import HeldConnection, TurnHold
+from gateway.transactions.holder import HeldConnection, TurnHold
 from lab.conformance import reference
 from lab.conformance.seeding import tau2data
 from tests.conftest import named_database
@@ -201,19 +201,19 @@ def differences_each_in_a_turn(engine: Engine, adapter: Adapter, cases: Sequence
 # --- the adapter's declaration ----------------------------------------------------------------
 
 
-def _readme_effects(domain: str) -> dict[str, str]:
-    readme = Path(__file__).parents[2] / "tool_adapters" / domain / "README.md"
-    rows = re.findall(r"^\| `(\w+)` \| `(\w+)` \|", readme.read_text(encoding="utf-8"), re.M)
+def _documented_effects(domain: str) -> dict[str, str]:
+    page = Path(__file__).parents[2] / "docs" / "adapters" / f"{domain}.md"
+    rows = re.findall(r"^\| `(\w+)` \| `(\w+)` \|", page.read_text(encoding="utf-8"), re.M)
     return dict(rows)
 
 
-def assert_classified_as_the_readme_says(domain: str, effects: Mapping[str, Effect]) -> None:
-    """The registry sees ``effects``, which is the README's table; every tool runs in the
-    database, none needs approval, and exactly the sensitive ones have a preflight."""
+def assert_classified_as_documented(domain: str, effects: Mapping[str, Effect]) -> None:
+    """The registry sees ``effects``, which is the table of the adapter's docs page; every tool
+    runs in the database, none needs approval, and exactly the sensitive ones have a preflight."""
     registry = load_registry([domain])
     seen = {tool.spec.name: tool.describe()["effect"] for tool in registry}
     assert seen == {name: effect.value for name, effect in effects.items()}
-    assert seen == _readme_effects(domain)
+    assert seen == _documented_effects(domain)
     for tool in registry:
         assert tool.spec.runner is Runner.DB, tool.name
         assert tool.spec.requires_approval is False, tool.name

@@ -23,7 +23,7 @@ from tests.tool_adapters.tau2_support import (
     Case,
     Outcome,
     Turn,
-    assert_classified_as_the_readme_says,
+    assert_classified_as_documented,
     assert_typed_like_tau2,
     differences,
     differences_each_in_a_turn,
@@ -97,8 +97,8 @@ def test_export_of_the_loaded_seed_hashes_like_tau2(turn: Turn, seed_hash: str) 
     assert {k: len(v) for k, v in exported.items()} == {k: len(v) for k, v in seed.items()}
 
 
-def test_the_registry_sees_the_readme_classification() -> None:
-    assert_classified_as_the_readme_says(DOMAIN, EFFECTS)
+def test_the_registry_sees_the_documented_classification() -> None:
+    assert_classified_as_documented(DOMAIN, EFFECTS)
 
 
 def test_tool_names_and_arguments_are_tau2s() -> None:

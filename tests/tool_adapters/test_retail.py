@@ -25,7 +25,7 @@ from tests.tool_adapters.tau2_support import (
     Case,
     Outcome,
     Turn,
-    assert_classified_as_the_readme_says,
+    assert_classified_as_documented,
     assert_typed_like_tau2,
     db_hash,
     differences,
@@ -352,8 +352,8 @@ def test_huge_powers_are_refused_instead_of_computed(turn: Turn) -> None:
 # --- classification and signatures ------------------------------------------------------------
 
 
-def test_the_registry_sees_the_effect_classes_the_readme_lists() -> None:
-    assert_classified_as_the_readme_says(DOMAIN, EFFECTS)
+def test_the_registry_sees_the_effect_classes_the_docs_list() -> None:
+    assert_classified_as_documented(DOMAIN, EFFECTS)
 
 
 def test_tools_are_named_and_typed_like_tau2s() -> None:

@@ -1,42 +1,27 @@
 """Two-phase commit of a turn's transactions, in one place: PREPARE, COMMIT PREPARED and
 ROLLBACK PREPARED (docs/architecture.md#two-phase-commit).
 
-A turn whose effects live only in the ledger's database commits locally, with its decision (the
-commit marker, ``gateway.turns.decision``) inside the same transaction. A turn that also holds
-another database PREPAREs it first, makes the decision durable in the ledger, then COMMITs
-PREPARED. The decision is the truth: a prepared transaction is finished from it by whoever gets
-there (the committing gateway, the approvals, or recovery), and one with no decision is presumed
-aborted once no live gateway can still be deciding it. Global ids are
-``<prefix>:<turn id>:<random>``, so a prepared transaction names the turn whose decision rules
-it.
+A turn whose effects live only in the ledger's database commits locally, with its decision
+(the commit marker, ``gateway.transactions.decision``) inside the same transaction. A turn that
+also holds another database PREPAREs it first, makes the decision durable in the ledger, then
+COMMITs PREPARED. The decision is the truth: a prepared transaction is finished from it by
+whoever gets there (the committing gateway, the approvals, or recovery), and one with no
+decision is presumed aborted once no live gateway can still be deciding it.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Connection, Engine, exc, text
 
 from gateway import faults
-from gateway.turns.decision import APPROVAL, COMMIT, write_decision
-
-if TYPE_CHECKING:  # a type only: the holder imports make_gid from here
-    from gateway.turns.holder import TurnHold
+from gateway.transactions.decision import APPROVAL, COMMIT, make_gid, write_decision
+from gateway.transactions.holder import TurnHold
 
 log = logging.getLogger("specgate.turns")
-
-
-def make_gid(prefix: str, turn_id: str) -> str:
-    """A fresh global transaction id; it names the turn so recovery can find its decision."""
-    return f"{prefix}:{turn_id}:{secrets.token_hex(6)}"
-
-
-def turn_of_gid(gid: str) -> str | None:
-    parts = gid.split(":")
-    return parts[1] if len(parts) == 3 else None
 
 
 def commit_hold(hold: TurnHold, ledger: Engine, turn_id: str, outcomes: dict[str, Any],

@@ -5,7 +5,7 @@ call runs in its own savepoint, named after the call, and the savepoint is kept 
 cancelling the call can roll back to it. A turn that touches several databases holds one
 connection per database; each but the ledger's is begun as a two-phase transaction under a
 global id that names the turn. How a hold is committed (locally, or by PREPARE, decision,
-COMMIT PREPARED) is ``gateway.turns.twophase``.
+COMMIT PREPARED) is ``gateway.transactions.twophase``.
 
 The number of held connections is bounded per process; past the bound a new turn transaction is
 refused with ``Unavailable`` (429) instead of queueing, because a voice agent would rather fall
@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from gateway.db import same_database
 from gateway.errors import Unavailable
-from gateway.turns.twophase import make_gid
+from gateway.transactions.decision import make_gid
 
 log = logging.getLogger("specgate.turns")
 T = TypeVar("T")

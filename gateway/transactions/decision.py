@@ -3,16 +3,20 @@
 A row of ``commit_markers`` per decided turn: ``commit``, ``abort`` or ``approval`` (the turn
 committed, but its prepared transactions wait for approvals of calls in them, which later turn
 it into ``commit`` or ``abort``), the outcomes of its kept calls and the global ids of its
-prepared transactions. Its primary key makes the first decision the only one, which is what lets
-a gateway committing a turn and the reconciler aborting an orphaned PREPARE race safely
+prepared transactions. The primary key makes the first decision the only one, which is what
+lets a gateway committing a turn and the reconciler aborting an orphaned PREPARE race safely
 (presumed abort). The commit protocol (``gateway.turns.commit``) writes it inside the turn's
 own transaction when the ledger is the only database, and in the ledger between PREPARE and
-COMMIT PREPARED otherwise (``gateway.turns.twophase``); recovery reads it to finish what a dead
-gateway left (``gateway.turns.recovery``).
+COMMIT PREPARED otherwise (``gateway.transactions.twophase``); recovery reads it to finish
+what a dead gateway left (``gateway.turns.recovery``).
+
+A global id is ``<prefix>:<turn id>:<random>``: a prepared transaction found on any database
+names the turn whose decision rules it.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -49,3 +53,13 @@ def read_decision(conn: LedgerConn, turn_id: str) -> dict[str, Any] | None:
         "SELECT decision, outcomes, gid FROM commit_markers WHERE turn_id = %s", [turn_id]
     ).fetchone()
     return None if row is None else {"decision": row[0], "outcomes": row[1], "gid": row[2]}
+
+
+def make_gid(prefix: str, turn_id: str) -> str:
+    """A fresh global transaction id; it names the turn so recovery can find its decision."""
+    return f"{prefix}:{turn_id}:{secrets.token_hex(6)}"
+
+
+def turn_of_gid(gid: str) -> str | None:
+    parts = gid.split(":")
+    return parts[1] if len(parts) == 3 else None
