@@ -11,6 +11,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 COPY pyproject.toml ./
+# The product only: the lab (demo, benchmarks, conformance, training) stays in the source tree.
+COPY specgate ./specgate
 COPY gateway ./gateway
 COPY agent_worker ./agent_worker
 COPY tool_adapters ./tool_adapters
