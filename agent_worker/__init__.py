@@ -1,5 +1,5 @@
-"""The agent worker (DESIGN §6): streams the user's words into a model, speculates through the
-gateway, and commits at the commit point.
+"""The agent worker (docs/architecture.md#agent-worker): streams the user's words into a model,
+speculates through the gateway, and commits at the commit point.
 
 Modules: ``protocol`` (the tagged stream: data types, incremental parser, rendering),
 ``runtime`` (the event loop: interruption, commit point, answer) with ``turn`` (its per-turn

@@ -24,16 +24,26 @@ Turns: calls go into the gateway turn open at the time they are posted. At the c
 the turn commits with every call the model kept; calls issued after it go into a new turn
 (opened when the first of them is posted) that commits at the answer. A dependency on a call of
 an earlier, committed turn is resolved here: its placeholders are replaced by its result.
+
+The records and their outcomes are kept in ``agent_worker.call_records``; this module is the
+part that talks to the gateway.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
+from agent_worker.call_records import (
+    ALIVE,
+    CallRecord,
+    Outcome,
+    ToolLatency,
+    observation,
+    record_commit,
+    why_gone,
+)
 from agent_worker.clock import Clock
 from agent_worker.errors import GatewayError
 from agent_worker.events import Cancelled, External, Observation
@@ -41,76 +51,6 @@ from agent_worker.gateway_client import LIVE, UNSETTLED, GatewayClient
 from agent_worker.placeholders import resolve
 from agent_worker.protocol import ToolCall
 from agent_worker.trace import Trace
-
-ToolLatency = Callable[[ToolCall], float]
-
-
-class Outcome(StrEnum):
-    PENDING = "pending"
-    OK = "ok"  # held, succeeded or staged: the model has its observation
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    SUPERSEDED = "amended"
-    REMOVED = "removed"
-    COMMITTED = "committed"
-
-
-ALIVE = frozenset({Outcome.PENDING, Outcome.OK})
-
-
-@dataclass
-class CallRecord:
-    call: ToolCall
-    version: int
-    deps: dict[int, CallRecord]
-    outcome: Outcome = Outcome.PENDING
-    view: dict[str, Any] | None = None
-    turn_id: str | None = None
-    epoch: int = 0
-    posting: bool = False
-    posted: asyncio.Event = field(default_factory=asyncio.Event)
-    settled: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-
-    @property
-    def id(self) -> int:
-        return self.call.id
-
-    @property
-    def gateway_live(self) -> bool:
-        return self.view is not None and self.view["status"] in LIVE
-
-    def end(self, outcome: Outcome) -> bool:
-        """Move out of the alive outcomes; False when it already had."""
-        if self.outcome not in ALIVE:
-            return False
-        self.outcome = outcome
-        self.settled.set()
-        if self.task is not None and not self.posting and self.task is not _current_task():
-            self.task.cancel()
-        return True
-
-
-def _current_task() -> asyncio.Task[Any] | None:
-    try:
-        return asyncio.current_task()
-    except RuntimeError:
-        return None
-
-
-def _observation(view: dict[str, Any]) -> Any:
-    if view["status"] == "failed":
-        return {"error": view.get("error")}
-    if view["status"] == "staged":
-        return {"status": "staged", "message": "validated; it runs when the turn commits"}
-    return view.get("result")
-
-
-def _why_gone(view: dict[str, Any]) -> str:
-    if view["status"] == "conflict":
-        return ("conflict: replayed after an earlier call was undone, it gave another result "
-                "than the one you saw; its effect was undone")
-    return f"{view['status']} by the gateway"
 
 
 class CallGraph:
@@ -251,12 +191,12 @@ class CallGraph:
             if record.outcome == Outcome.PENDING:
                 record.outcome = Outcome.OK
                 record.settled.set()
-                self._report(record, Observation(record.id, _observation(view)))
+                self._report(record, Observation(record.id, observation(view)))
         elif view["status"] == "failed":
             if record.end(Outcome.FAILED):
-                self._report(record, Observation(record.id, _observation(view)))
+                self._report(record, Observation(record.id, observation(view)))
         elif record.end(Outcome.CANCELLED):
-            self._report(record, Cancelled(record.id, _why_gone(view)))
+            self._report(record, Cancelled(record.id, why_gone(view)))
 
     def _report(self, record: CallRecord, event: Observation | Cancelled) -> None:
         if isinstance(event, Observation):
@@ -304,7 +244,7 @@ class CallGraph:
             if record.view is not None and record.view["id"] == view["id"]:
                 record.view = view
                 if record.end(Outcome.CANCELLED):
-                    reason = cause if cause and view["status"] == "cancelled" else _why_gone(view)
+                    reason = cause if cause and view["status"] == "cancelled" else why_gone(view)
                     self._report(record, Cancelled(record.id, reason))
 
     # Turns and commit ---------------------------------------------------------------------
@@ -357,7 +297,7 @@ class CallGraph:
             return [Cancelled(r.id, f"the turn's commit failed: {error.message}")
                     for r in kept if r.end(Outcome.CANCELLED)]
         self.turn_id, self.turn_used = None, False
-        told = self._record_commit(kept, turn["calls"])
+        told = record_commit(kept, turn["calls"])
         self.trace.add("commit_done", turn_id=turn_id, status=turn["status"],
                        calls={r.id: r.view["status"] for r in kept if r.view is not None})
         return told
@@ -371,23 +311,6 @@ class CallGraph:
         await self.refresh()  # a kept call left the turn behind our back: it is reported
         keep = [str(r.id) for r in kept if r.outcome == Outcome.OK]
         return await self.gateway.commit(self.session_id, turn_id, keep)
-
-    def _record_commit(self, kept: list[CallRecord],
-                       views: list[dict[str, Any]]) -> list[External]:
-        told: list[External] = []
-        by_gateway_id = {r.view["id"]: r for r in kept if r.view is not None}
-        for view in views:
-            record = by_gateway_id.get(view["id"])
-            if record is None or record.outcome != Outcome.OK:
-                continue
-            record.view = view
-            if view["status"] in {"committed", "awaiting_approval"}:
-                record.outcome = Outcome.COMMITTED
-            elif view["status"] == "failed" and record.end(Outcome.FAILED):
-                told.append(Observation(record.id, _observation(view)))
-            elif record.end(Outcome.CANCELLED):
-                told.append(Cancelled(record.id, _why_gone(view)))
-        return told
 
     async def close(self, reason: str = "the agent stopped") -> None:
         """Stop every task; cancel the open turn if it holds calls nobody committed."""

@@ -10,7 +10,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import IO, Annotated, cast
+from typing import IO, Annotated
 
 import typer
 
@@ -20,7 +20,7 @@ from agent_worker.errors import AgentError
 from agent_worker.gateway_client import GatewayClient
 from agent_worker.local.weights import WeightsError
 from agent_worker.model import Backend, profile
-from agent_worker.prompt import TOOL_LISTINGS, ToolListing
+from agent_worker.prompt import TOOL_LISTINGS
 from agent_worker.runtime import AgentConfig
 from agent_worker.session import SessionResult, Source, parse_latency, run_session
 from agent_worker.trace import Trace
@@ -29,49 +29,65 @@ app = typer.Typer(add_completion=False, help="The specgate agent worker.")
 
 Opt = typer.Option
 
+# The command's options, one alias each (typer reads the ``Opt`` inside ``Annotated``).
+KeyOpt = Annotated[str, Opt("--key", envvar="SPECGATE_API_KEY", help="App API key.")]
+GatewayOpt = Annotated[str, Opt("--gateway", envvar="SPECGATE_GATEWAY_URL",
+                                help="Gateway base URL.")]
+BackendOpt = Annotated[str, Opt(help="oracle (scripted, needs --task), openai (any "
+                                     "OpenAI-compatible chat endpoint), realtime (OpenAI "
+                                     "Realtime API, websocket) or local (a transformers model "
+                                     "on this machine).")]
+TaskOpt = Annotated[Path | None, Opt(help="Oracle task JSON: utterance, gold calls, answer; "
+                                          "its utterance is the input when none is given.")]
+TranscriptOpt = Annotated[Path | None, Opt(help="Input: JSON words with start/end times.")]
+TextOpt = Annotated[str | None, Opt(help="Input: text spoken at --wpm.")]
+StdinOpt = Annotated[bool, Opt("--stdin", help="Input: typed lines; an empty line ends the "
+                                               "utterance.")]
+WpmOpt = Annotated[float, Opt(help="Speech rate for --text.")]
+ChunkOpt = Annotated[float, Opt(help="Partial chunk length in seconds.")]
+SyncOpt = Annotated[bool, Opt("--sync", help="The synchronous baseline: whole utterance, then "
+                                             "one step at a time.")]
+ProfileOpt = Annotated[str, Opt("--profile", help="Oracle model cost: cloud, edge or "
+                                                  "instant.")]
+ToolLatencyOpt = Annotated[str | None, Opt(help="Injected tool latency per call, e.g. 0.5-1 "
+                                                "(uniform) or 0.7.")]
+SimulatedOpt = Annotated[bool, Opt("--simulated", help="Simulated clock (oracle input from "
+                                                       "--task/--text/--transcript).")]
+SeedOpt = Annotated[int, Opt(help="Seed of the injected tool latency.")]
+ModelOpt = Annotated[str | None, Opt(envvar="SPECGATE_AGENT_MODEL",
+                                     help="openai/realtime: model name (default gpt-4o-mini "
+                                          "/ gpt-realtime).")]
+BaseUrlOpt = Annotated[str | None, Opt(envvar="OPENAI_BASE_URL",
+                                       help="openai/realtime: endpoint base URL.")]
+ModelPathOpt = Annotated[Path | None, Opt(help="local: a model directory or .gguf file "
+                                               "(default: SmolLM2-135M-Instruct).")]
+DeviceOpt = Annotated[str | None, Opt(help="local: cuda, cpu … (default: CUDA when present).")]
+ToolListingOpt = Annotated[str, Opt(help="How the system prompt lists the tools: full or "
+                                         "compact (the listing a fine-tune was trained on).")]
+TraceOpt = Annotated[Path | None, Opt("--trace", help="Write the trace (JSON lines).")]
+
 
 def agent(
-    key: Annotated[str, Opt("--key", envvar="SPECGATE_API_KEY", help="App API key.")],
-    gateway: Annotated[str, Opt("--gateway", envvar="SPECGATE_GATEWAY_URL",
-                                help="Gateway base URL.")] = "http://127.0.0.1:8080",
-    backend: Annotated[str, Opt(help="oracle (scripted, needs --task), openai "
-                                     "(any OpenAI-compatible chat endpoint), realtime "
-                                     "(OpenAI Realtime API, websocket) or local "
-                                     "(a transformers model on this machine).")] = "oracle",
-    task: Annotated[Path | None, Opt(help="Oracle task JSON: utterance, gold calls, answer; "
-                                          "its utterance is the input when none is given.")
-                    ] = None,
-    transcript: Annotated[Path | None, Opt(help="Input: JSON words with start/end times.")
-                          ] = None,
-    text: Annotated[str | None, Opt(help="Input: text spoken at --wpm.")] = None,
-    stdin: Annotated[bool, Opt("--stdin", help="Input: typed lines; an empty line ends "
-                                              "the utterance.")] = False,
-    wpm: Annotated[float, Opt(help="Speech rate for --text.")] = inputs.SPEECH_WPM,
-    chunk_s: Annotated[float, Opt(help="Partial chunk length in seconds.")] = inputs.CHUNK_S,
-    sync: Annotated[bool, Opt("--sync", help="The synchronous baseline: whole utterance, "
-                                            "then one step at a time.")] = False,
-    latency_profile: Annotated[str, Opt("--profile", help="Oracle model cost: cloud, edge "
-                                                          "or instant.")] = "cloud",
-    tool_latency: Annotated[str | None, Opt(help="Injected tool latency per call, e.g. "
-                                                 "0.5-1 (uniform) or 0.7.")] = None,
-    simulated: Annotated[bool, Opt("--simulated", help="Simulated clock (oracle input from "
-                                                       "--task/--text/--transcript).")
-                         ] = False,
-    seed: Annotated[int, Opt(help="Seed of the injected tool latency.")] = 0,
-    model: Annotated[str | None, Opt(envvar="SPECGATE_AGENT_MODEL",
-                                     help="openai/realtime: model name (default gpt-4o-mini "
-                                          "/ gpt-realtime).")] = None,
-    base_url: Annotated[str | None, Opt(envvar="OPENAI_BASE_URL",
-                                        help="openai/realtime: endpoint base URL.")] = None,
-    model_path: Annotated[Path | None, Opt(help="local: a model directory or .gguf file "
-                                                 "(default: SmolLM2-135M-Instruct).")] = None,
-    device: Annotated[str | None, Opt(help="local: cuda, cpu … (default: CUDA when "
-                                           "present).")] = None,
-    tool_listing: Annotated[str, Opt(help="How the system prompt lists the tools: full or "
-                                          "compact (the listing a fine-tune was trained on).")
-                            ] = "full",
-    trace_path: Annotated[Path | None, Opt("--trace", help="Write the trace (JSON lines).")
-                          ] = None,
+    key: KeyOpt,
+    gateway: GatewayOpt = "http://127.0.0.1:8080",
+    backend: BackendOpt = "oracle",
+    task: TaskOpt = None,
+    transcript: TranscriptOpt = None,
+    text: TextOpt = None,
+    stdin: StdinOpt = False,
+    wpm: WpmOpt = inputs.SPEECH_WPM,
+    chunk_s: ChunkOpt = inputs.CHUNK_S,
+    sync: SyncOpt = False,
+    latency_profile: ProfileOpt = "cloud",
+    tool_latency: ToolLatencyOpt = None,
+    simulated: SimulatedOpt = False,
+    seed: SeedOpt = 0,
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
+    model_path: ModelPathOpt = None,
+    device: DeviceOpt = None,
+    tool_listing: ToolListingOpt = "full",
+    trace_path: TraceOpt = None,
 ) -> None:
     """Run one user utterance as a session against the gateway: speculative tool calls while
     the user speaks, commit at the commit point, then print the answer."""
@@ -90,22 +106,29 @@ def agent(
     except (ValueError, OSError, KeyError, WeightsError) as error:
         raise typer.BadParameter(str(error)) from error
     config = AgentConfig(mode="sync" if sync else "speculative", tool_latency=latency,
-                         tool_listing=cast(ToolListing, tool_listing))
+                         tool_listing=tool_listing)
+    outcome = _session(gateway, key, clock, model_backend, source, config, trace_path)
+    typer.echo(outcome.turn.answer)
+    summary = {"session_id": outcome.session_id, "mode": config.mode,
+               "post_turn_latency_s": outcome.turn.post_turn_latency,
+               "steps": outcome.turn.steps, "errors": outcome.turn.errors}
+    typer.echo(json.dumps(summary), err=True)
+
+
+def _session(gateway_url: str, key: str, clock: Clock, backend: Backend, source: Source,
+             config: AgentConfig, trace_path: Path | None) -> SessionResult:
+    """Run the session to its end, the trace written to ``trace_path`` if given; an agent
+    failure exits with status 1."""
     sink: IO[str] | None = trace_path.open("w") if trace_path else None
     try:
-        outcome = asyncio.run(_run(gateway, key, clock, model_backend, source, config,
-                                   Trace(clock, sink)))
+        return asyncio.run(_run(gateway_url, key, clock, backend, source, config,
+                                Trace(clock, sink)))
     except AgentError as error:
         typer.echo(f"agent failed: {error}", err=True)
         raise typer.Exit(1) from error
     finally:
         if sink is not None:
             sink.close()
-    typer.echo(outcome.turn.answer)
-    summary = {"session_id": outcome.session_id, "mode": config.mode,
-               "post_turn_latency_s": outcome.turn.post_turn_latency,
-               "steps": outcome.turn.steps, "errors": outcome.turn.errors}
-    typer.echo(json.dumps(summary), err=True)
 
 
 async def _run(gateway_url: str, key: str, clock: Clock, backend: Backend, source: Source,

@@ -1,11 +1,11 @@
 """Clocks: the runtime, the input sources and the declared-latency backends read time and sleep
 only through one of these, so the same code runs on wall time or on simulated time.
 
-``WallClock``: real seconds since start. ``VirtualClock``: a discrete-event clock for the
-streaming replay (DESIGN §7) and for tests. Its time moves only when every task of the loop is
-waiting on the clock: it then jumps to the earliest sleeper's deadline. Real work the runtime
-waits on — a request to the gateway — is wrapped in ``busy()``, and time stands still while any
-is in flight, so a real gateway costs no simulated time and the order of events is exactly the
+``WallClock``: real seconds since start. ``VirtualClock``: a discrete-event clock for the streaming
+replay (docs/architecture.md#benchmarks) and for tests. Its time moves only when every task of the
+loop is waiting on the clock: it then jumps to the earliest sleeper's deadline. Real work the
+runtime waits on — a request to the gateway — is wrapped in ``busy()``, and time stands still while
+any is in flight, so a real gateway costs no simulated time and the order of events is exactly the
 one the declared delays (speech, model profile, injected tool latency) give, on any machine.
 """
 

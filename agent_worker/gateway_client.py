@@ -1,4 +1,4 @@
-"""An async client of the gateway's REST API (DESIGN §4), as the agent worker uses it.
+"""An async client of the gateway's REST API (docs/rest-api.md), as the agent worker uses it.
 
 Every request runs inside ``clock.busy()``: on a simulated clock the gateway's real time does
 not count (see ``agent_worker.clock``). Mutating requests carry an ``Idempotency-Key``, so the

@@ -2,7 +2,8 @@
 
 - a transcript file with word timestamps: JSON, either ``{"words": [...]}`` or a list, each
   word ``{"word" (or "text"), "start", "end"}`` in seconds from the start of the utterance;
-- plain text spoken at a speech rate (DESIGN §7: 150 words/min), words evenly spaced;
+- plain text spoken at a speech rate (150 words/min, docs/architecture.md#benchmarks), words evenly
+  spaced;
 - stdin, typed live: each line is a partial chunk, an empty line or end of input ends the
   utterance.
 

@@ -1,5 +1,5 @@
-"""The tagged stream of the speculative protocol (DESIGN §6) as data, an incremental parser of
-what the model writes, and the rendering of what the runtime injects.
+"""The tagged stream of the speculative protocol (docs/architecture.md#agent-worker) as data, an
+incremental parser of what the model writes, and the rendering of what the runtime injects.
 
 The model writes, per step, an optional ``<think>…</think>`` and then its action: one or more
 ``<tool_call>{"id": 3, "name": …, "arguments": {…}, "depends_on": [1]}</tool_call>``,

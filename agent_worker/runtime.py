@@ -1,4 +1,5 @@
-"""The agent runtime: asynchronous I/O and speculative tool calling (DESIGN §6).
+"""The agent runtime: asynchronous I/O and speculative tool calling
+(docs/architecture.md#agent-worker).
 
 One event queue carries everything that happens: user chunks (from the input source),
 observations and cancellations (from the call graph), and the model's own output (deltas from

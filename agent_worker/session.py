@@ -15,7 +15,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
-from agent_worker.calls import ToolLatency
+from agent_worker.call_records import ToolLatency
 from agent_worker.clock import Clock, VirtualClock
 from agent_worker.events import UserChunk
 from agent_worker.gateway_client import GatewayClient
@@ -35,7 +35,8 @@ class SessionResult:
 
 
 def uniform_latency(low: float, high: float, seed: int = 0) -> ToolLatency:
-    """Injected tool latency drawn from U[low, high] per call (DESIGN §7: U[0.5, 1] s)."""
+    """Injected tool latency drawn from U[low, high] per call (the benchmarks use U[0.5, 1] s:
+    docs/architecture.md#benchmarks)."""
     rng = random.Random(seed)
 
     def latency(call: ToolCall) -> float:

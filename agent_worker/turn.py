@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Literal
 
-from agent_worker.calls import ToolLatency
+from agent_worker.call_records import ToolLatency
 from agent_worker.events import External
 from agent_worker.prompt import ToolListing
 from agent_worker.protocol import StreamParser
@@ -19,7 +19,8 @@ class AgentConfig:
     mode: Mode = "speculative"
     max_errors: int = 3  # malformed steps in a row before the turn fails
     max_steps: int = 200  # per user turn: a model that never answers fails the turn
-    tool_latency: ToolLatency | None = None  # injected (declared) tool latency, DESIGN §7
+    # injected (declared) tool latency: docs/architecture.md#benchmarks
+    tool_latency: ToolLatency | None = None
     instructions: str | None = None  # appended to the system prompt
     tool_listing: ToolListing = "full"  # how the system prompt lists the tools (prompt.py)
     # An event that arrives while the model writes a <tool_call> or <remove> waits until that
@@ -40,7 +41,8 @@ class TurnResult:
 
     @property
     def post_turn_latency(self) -> float | None:
-        """From the end of the user's last word to the start of the answer (DESIGN §7)."""
+        """From the end of the user's last word to the start of the answer
+        (docs/architecture.md#benchmarks)."""
         if self.last_word_at is None:
             return None
         return self.answer_started_at - self.last_word_at

@@ -33,7 +33,7 @@ class LazyGroup(TyperGroup):
         if cmd_name not in self.lazy:
             return super().get_command(ctx, cmd_name)
         module, function = self.lazy[cmd_name].split(":")
-        single = typer.Typer()
+        single = typer.Typer(add_completion=False)
         single.command(cmd_name)(getattr(import_module(module), function))
         return typer.main.get_command(single)
 

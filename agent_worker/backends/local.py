@@ -1,5 +1,5 @@
 """A causal LM run locally on transformers + torch (GPU when present, CPU otherwise), streaming
-token by token, with its KV cache kept across steps (DESIGN §6).
+token by token, with its KV cache kept across steps (docs/architecture.md#agent-worker).
 
 Each step renders the context with the tokenizer's chat template (ChatML for SmolLM2), lets
 ``KVState`` (``agent_worker.local.generate``) reuse what the cache still holds and prefill only

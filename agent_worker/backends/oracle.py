@@ -1,5 +1,6 @@
 """The scripted oracle: issues a task's gold calls at the earliest moment their inputs have been
-heard, and costs a declared latency profile instead of a real model's time (DESIGN §6–7).
+heard, and costs a declared latency profile instead of a real model's time
+(docs/architecture.md#agent-worker).
 
 A gold call is ready once every literal argument value (strings and numbers; placeholders
 aside) occurs, case-insensitively and as a whole token (``mentions``), in what the user has

@@ -1,5 +1,5 @@
-"""Token-level generation with a KV cache kept across steps (DESIGN §6: "local model: the KV
-cache is kept, only the new tokens are prefilled").
+"""Token-level generation with a KV cache kept across steps (docs/architecture.md#agent-worker:
+"local model: the KV cache is kept, only the new tokens are prefilled").
 
 ``KVState`` owns one transformers ``DynamicCache`` and the token ids whose keys and values it
 holds: the prompt of the last step and what the model generated and was fed back. A new step

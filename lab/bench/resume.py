@@ -1,11 +1,11 @@
 """``specgate bench resume``: what keeping the KV cache across an interruption saves, measured
 side by side in one run on one machine.
 
-The situation measured is the one the runtime creates at every interruption (DESIGN §6): the
-model was writing a step on a long context (the system prompt with a τ² domain's tools, then
-the user's first words); new input arrives; the runtime stops it, keeps what it wrote (closed
-here as a cut think, ``</think_interrupted>``), injects the new words and starts a new step on
-the longer transcript. Two ways to start that step:
+The situation measured is the one the runtime creates at every interruption
+(docs/architecture.md#agent-worker): the model was writing a step on a long context (the system
+prompt with a τ² domain's tools, then the user's first words); new input arrives; the runtime stops
+it, keeps what it wrote (closed here as a cut think, ``</think_interrupted>``), injects the new
+words and starts a new step on the longer transcript. Two ways to start that step:
 
 - **resume** — the local backend's kept cache: only the injected tokens (and the template's
   few) are prefilled;

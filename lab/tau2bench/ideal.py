@@ -1,5 +1,5 @@
-"""The ideal bound (DESIGN §7): the post-turn critical path if every call had been issued at
-the earliest possible moment.
+"""The ideal bound (docs/architecture.md#benchmarks): the post-turn critical path if every call had
+been issued at the earliest possible moment.
 
 A call's inputs are known when the chunk completing a spoken value has been delivered, when
 the first call whose result shows a value has returned (issue + its tool latency), or — for

@@ -31,7 +31,7 @@ from typing import Any
 
 from agent_worker.backends.oracle import Correction, literals, mention_at, mentions
 from agent_worker.placeholders import strings
-from lab.tau2bench.tau2_stream import GoldStep, gold_values
+from lab.tau2bench.gold import GoldStep, gold_values
 
 AFTER_WORDS = 4
 PHRASE = "sorry, I meant"

@@ -9,14 +9,14 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from lab.tau2bench.tau2_run import ModeResult, Options, TaskRow
+from lab.tau2bench.options import Options
+from lab.tau2bench.results import ModeResult, TaskRow
 
 MODES = ("baseline", "speculative")
 NOTES = [

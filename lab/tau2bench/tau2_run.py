@@ -16,19 +16,20 @@ commit — but the clock stands still during each request, so the figures are th
 machine and wall time is only the gateway's and the grader's real work. A call's injected
 latency is drawn from a hash of the task, the call and ``--seed``, so the same call waits as
 long in both modes (and in the ideal bound).
+
+The run's choices are ``lab.tau2bench.options``; what it measures, ``lab.tau2bench.results``,
+which ``tau2_report`` sums up.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx
 from rich.console import Console
@@ -36,160 +37,22 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from agent_worker import inputs
 from agent_worker.backends.oracle import OracleBackend, OracleTask, literals
-from agent_worker.calls import ToolLatency
+from agent_worker.call_records import ToolLatency
 from agent_worker.clock import VirtualClock
 from agent_worker.errors import AgentError
 from agent_worker.gateway_client import GatewayClient
-from agent_worker.model import Backend, LatencyProfile, profile
-from agent_worker.prompt import TOOL_LISTINGS, ToolListing
+from agent_worker.model import Backend, LatencyProfile
 from agent_worker.runtime import AgentConfig
-from agent_worker.session import Source, latency_range, run_session, stable_latency
+from agent_worker.session import Source, run_session, stable_latency
 from agent_worker.trace import Trace
 from gateway.children import exit_on_sigterm
 from lab.tau2bench import ideal
 from lab.tau2bench import tau2_report as report_module
-from lab.tau2bench.tau2_stream import GoldStep, StreamTask, build
-
-SESSION_WALL_LIMIT_S = 300.0  # a session that hangs (a bug) fails its task, not the run
-LOCAL_SESSION_WALL_LIMIT_S = 1800.0
-
-
-@dataclass(frozen=True)
-class Options:
-    domain: str
-    corrections: bool = False
-    profile: str = "cloud"
-    tasks: int | None = None  # None: all
-    task_ids: tuple[str, ...] = ()
-    tool_latency: tuple[float, float] = (0.5, 1.0)
-    seed: int = 0
-    out: Path | None = None
-    home: Path = Path(".specgate/bench-tau2")
-    model: Path | None = None  # a local model for the speculative runs (else the oracle)
-    baseline_model: Path | None = None  # for the baseline runs; default: ``model``
-    device: str | None = None  # of the local models; default: CUDA when present, else CPU
-    max_new_tokens: int = 256  # per step of a local model
-    tool_listing: ToolListing = "full"  # how the system prompt lists the tools
-    threads: int | None = None  # torch's CPU threads for the local models; None: its default
-
-    @property
-    def latency_profile(self) -> LatencyProfile:
-        return profile(self.profile)
-
-    def model_for(self, mode: str) -> Path | None:
-        """The local model of ``mode``'s runs, or None for the oracle."""
-        if mode == "baseline":
-            return self.baseline_model or self.model
-        return self.model
-
-    @property
-    def session_limit_s(self) -> float:
-        """Wall time a session may take: a real model on a CPU needs far longer than the
-        oracle; past it the task fails (a hang must not stop the run)."""
-        return SESSION_WALL_LIMIT_S if self.model is None else LOCAL_SESSION_WALL_LIMIT_S
-
-
-@dataclass
-class ModeResult:
-    mode: str
-    accurate: bool = False
-    db_hash: str | None = None
-    post_turn_s: float | None = None  # last word → answer start
-    post_turn_end_s: float | None = None  # last word → answer end
-    answered_at: float | None = None  # simulated seconds from the first word
-    steps: int = 0
-    interrupts: int = 0
-    model_errors: int = 0
-    calls: dict[str, int] = field(default_factory=dict)  # issued, committed, cancelled, failed
-    actions: dict[str, int] = field(default_factory=dict)  # the model's: pause, tool_call, …
-    issued_while_speaking: int = 0
-    wrong_calls: int = 0  # carrying the corrected (wrong) value
-    wrong_writes: int = 0  # of them, writes (held or staged, then undone)
-    wrong_committed: int = 0
-    wall_s: float = 0.0
-    error: str | None = None
-
-
-@dataclass
-class TaskRow:
-    task_id: str
-    words: int
-    speech_s: float
-    gold_calls: int
-    writes: int
-    expected_hash: str
-    ideal_s: float
-    results: dict[str, ModeResult]
-    utterance: str = ""
-    correction: dict[str, Any] | None = None
-    correction_note: str = ""
-
-    @property
-    def speedup(self) -> float | None:
-        base, spec = self.results["baseline"], self.results["speculative"]
-        if base.post_turn_s is None or not spec.post_turn_s:
-            return None
-        return base.post_turn_s / spec.post_turn_s
-
-    @property
-    def ideal_ratio(self) -> float | None:
-        spec = self.results["speculative"].post_turn_s
-        return None if spec is None or self.ideal_s < 1e-3 else spec / self.ideal_s
-
-
-def options_from(domain: str, corrections: bool, profile_name: str, tasks: int | None,
-                 task_ids: list[str], tool_latency: str, seed: int, out: str | None,
-                 home: str, model: str | None = None, baseline_model: str | None = None,
-                 held_out: str | None = None, device: str | None = None,
-                 max_new_tokens: int = 256, tool_listing: str | None = None,
-                 threads: int | None = None) -> Options:
-    """The command line's choices, checked (``ValueError`` names the offending option)."""
-    from agent_worker.local import weights
-    from lab.conformance.run import options_from as conformance_options
-
-    if baseline_model is not None and model is None:
-        raise ValueError("--baseline-model needs --model (the speculative runs' model)")
-    listing = tool_listing or "full"
-    if held_out is not None:
-        manifest = data_manifest(Path(held_out))
-        task_ids = [*task_ids, *held_out_ids(manifest, Path(held_out), domain)]
-        listing = tool_listing or manifest.get("parameters", {}).get("tool_listing", "full")
-    if threads is not None and threads < 1:
-        raise ValueError(f"--threads {threads}: at least 1")
-    if listing not in TOOL_LISTINGS:
-        raise ValueError(f"--tool-listing {listing!r}: one of {', '.join(TOOL_LISTINGS)}")
-    checked = conformance_options(domain, tasks, task_ids, False, None, home)
-    profile(profile_name)
-    try:
-        paths = [None if p is None else weights.source(p).path for p in (model, baseline_model)]
-    except weights.WeightsError as error:
-        raise ValueError(str(error)) from error
-    return Options(domain=domain, corrections=corrections, profile=profile_name,
-                   tasks=checked.tasks, task_ids=checked.task_ids,
-                   tool_latency=latency_range(tool_latency), seed=seed,
-                   out=Path(out) if out else None, home=Path(home), model=paths[0],
-                   baseline_model=paths[1], device=device, max_new_tokens=max_new_tokens,
-                   tool_listing=cast(ToolListing, listing), threads=threads)
-
-
-def data_manifest(where: Path) -> dict[str, Any]:
-    """A ``specgate data make`` manifest (its directory or manifest.json)."""
-    path = where / "manifest.json" if where.is_dir() else where
-    try:
-        manifest = json.loads(path.read_text())
-        manifest["split"]["test"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"--held-out {where}: not a data manifest ({error})") from error
-    return cast(dict[str, Any], manifest)
-
-
-def held_out_ids(manifest: dict[str, Any], where: Path, domain: str) -> list[str]:
-    """The τ² task ids of ``domain`` in the manifest's test split."""
-    prefix = f"tau2-{domain}-"
-    ids = [key[len(prefix):] for key in manifest["split"]["test"] if key.startswith(prefix)]
-    if not ids:
-        raise ValueError(f"--held-out {where}: its test split has no {domain} task")
-    return ids
+from lab.tau2bench.gold import GoldStep
+from lab.tau2bench.options import Options
+from lab.tau2bench.options import options_from as options_from  # specgate.cli's name
+from lab.tau2bench.results import ModeResult, TaskRow
+from lab.tau2bench.tau2_stream import StreamTask, build
 
 
 class Harness:

@@ -1,4 +1,5 @@
-"""A τ² task as a streaming replay (DESIGN §7): what the user says, and the oracle's task.
+"""A τ² task as a streaming replay (docs/architecture.md#benchmarks): what the user says, and
+the oracle's task.
 
 **The utterance.** τ²'s user instructions, in the user's own voice and as one spoken text: the
 known info ("You are Yusuf Rossi in zip code 19122."), then the reason for the call, then —
@@ -23,7 +24,6 @@ every earlier gold call, and a call after a write only after that write
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -32,6 +32,8 @@ from typing import Any
 from agent_worker import inputs
 from agent_worker.backends.oracle import Correction, OracleTask, literals, mentions
 from agent_worker.protocol import ToolCall
+from lab.tau2bench import tau2_corrections
+from lab.tau2bench.gold import GoldStep, gold_values
 
 ANSWER = "All set: I have taken care of everything you asked for."
 
@@ -158,32 +160,6 @@ class StreamTask:
                           corrections=(self.correction,) if self.correction else ())
 
 
-@dataclass(frozen=True)
-class GoldStep:
-    """One gold action as the builder needs it (from τ²'s reference replay)."""
-
-    name: str
-    arguments: dict[str, Any]
-    ok: bool
-    output: Any
-    effect: str  # the gateway's effect class of ``<domain>.<name>``
-
-    @property
-    def shows_result(self) -> bool:
-        """The agent sees its result before commit (a read, or a held reversible write)."""
-        return self.ok and self.effect in ("safe", "reversible")
-
-    @property
-    def shown(self) -> str:
-        """The result as the agent is shown it (JSON), or nothing for a failed step."""
-        return json.dumps(self.output, ensure_ascii=False, separators=(",", ":")) \
-            if self.ok else ""
-
-
-def gold_values(steps: Sequence[GoldStep]) -> list[str]:
-    return [v for step in steps for v in literals(step.arguments)]
-
-
 def stream_calls(domain: str, steps: Sequence[GoldStep], chunks: Chunks,
                  ) -> tuple[StreamCall, ...]:
     """The gold calls with the provenance of each value and the write order."""
@@ -215,8 +191,6 @@ def build(domain: str, task_id: str, instructions: Any, steps: Sequence[GoldStep
           corrections: bool = False) -> StreamTask:
     """The streaming replay of one τ² task; with ``corrections``, a wrong value said first
     and corrected a few words later (``tau2_corrections``)."""
-    from lab.tau2bench import tau2_corrections
-
     text = utterance(instructions, gold_values(steps))
     injected = tau2_corrections.inject(domain, text, steps) if corrections else None
     if injected is None or isinstance(injected, str):

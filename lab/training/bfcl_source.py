@@ -37,7 +37,7 @@ from functools import cache
 from importlib import import_module
 from typing import Any
 
-from agent_worker import calls
+from agent_worker import call_records
 from agent_worker.backends.oracle import OracleTask, literals, mentions
 from agent_worker.protocol import ToolCall
 from lab.training.sources import (
@@ -154,8 +154,8 @@ def _run(instances: dict[str, Any], call: ToolCall) -> Result:
         value = getattr(instances[cls], name)(**copy.deepcopy(call.arguments))
     except Exception as error:  # a tool's exception is a failed call, shown to the model
         view = {"status": "failed", "error": {"code": "tool_failed", "message": str(error)}}
-        return Result(calls._observation(view), ok=False)
-    return Result(calls._observation({"status": "succeeded", "result": _jsonable(value)}))
+        return Result(call_records.observation(view), ok=False)
+    return Result(call_records.observation({"status": "succeeded", "result": _jsonable(value)}))
 
 
 @cache

@@ -2,15 +2,16 @@
 samples (the format is the contract with ``specgate train``, see ``sft_data``).
 
 For every selected task of every source: its samples (``samples_per_task`` draws of word
-timing, tool latency, wrong early calls and, for τ², correction streams), each played twice by
-``streams.simulate``: the speculative stream (``async``) and its synchronous variant
-(``sync``). Every sample is checked before it is written (``check``): roles alternate as the
-runtime's transcript does, every assistant message parses with ``StreamParser`` and passes the
-runtime's ``CallBook`` (ids grow, amends and removes name live calls, nothing amended after the
-commit point), no call carries a value before it was heard or observed (a deliberate wrong
-call aside), the calls standing at the end are exactly the gold calls, and the last message is
-the answer. A sample failing a check, or a stream that cannot be played, is left out and
-reported; so is a task without samples.
+timing, tool latency, wrong early calls and, for τ², correction streams), each played twice
+through the agent runtime itself (``streams.simulate``: the real session loop on a virtual
+clock, a scripted model and gateway at its edges): the speculative stream (``async``) and its
+synchronous variant (``sync``). Every sample is checked before it is written (``check``):
+roles alternate as the runtime's transcript does, every assistant message parses with
+``StreamParser`` and passes the runtime's ``CallBook`` (ids grow, amends and removes name live
+calls, nothing amended after the commit point), no call carries a value before it was heard or
+observed (a deliberate wrong call aside), the calls standing at the end are exactly the gold
+calls, and the last message is the answer. A sample failing a check, or a stream that cannot
+be played, is left out and reported; so is a task without samples.
 
 The split is by task (``sources.split``, per source), so every sample of a task, in both
 variants, is on one side. Same options, same bytes: nothing in the files depends on the

@@ -9,11 +9,11 @@ ranges to learn are mapped to tokens with the tokenizer's offsets. A token is la
 it lies entirely inside a range: a token straddling the edge of an assistant span also carries
 template or runtime text, which the model must not learn to write.
 
-What is learned (the contract in DESIGN §6 and the data format): every assistant content plus
-the end-of-turn marker that follows it in the template (``<|im_end|>`` for ChatML), so the model
-learns to stop after its action; for a message the runtime cut off (``"interrupted": true``),
-the content without a trailing ``</think_interrupted>`` and without the end-of-turn marker,
-since the runtime, not the model, wrote both.
+What is learned (the contract in docs/architecture.md#agent-worker and the data format): every
+assistant content plus the end-of-turn marker that follows it in the template (``<|im_end|>`` for
+ChatML), so the model learns to stop after its action; for a message the runtime cut off
+(``"interrupted": true``), the content without a trailing ``</think_interrupted>`` and without the
+end-of-turn marker, since the runtime, not the model, wrote both.
 
 The end-of-turn marker is found by rendering a probe conversation whose assistant content is
 a sentinel: the first token after the sentinel is the marker. A template that does not copy

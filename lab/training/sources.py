@@ -1,4 +1,4 @@
-"""What every task source shares: the ``Spec`` it hands the simulator (the tools, the oracle's
+"""What every task source shares: the ``Spec`` it hands ``streams`` (the tools, the oracle's
 task, the timed chunks, every result a call may get, tool latencies, wrong early calls), the
 generator's options, the per-sample random draws and the split of tasks into train and test.
 
@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from agent_worker import inputs
 from agent_worker.backends.oracle import OracleTask, mentions
-from agent_worker.calls import ToolLatency
+from agent_worker.call_records import ToolLatency
 from agent_worker.model import LatencyProfile, profile
 from agent_worker.placeholders import parse
 from agent_worker.prompt import TOOL_LISTINGS
@@ -51,7 +51,7 @@ def call_key(arguments: Any) -> str:
 
 @dataclass(frozen=True)
 class Result:
-    """What the agent is shown for a call (``calls._observation``'s shape); ``ok`` False: the
+    """What the agent is shown for a call (``call_records.observation``'s shape); ``ok`` False: the
     call failed, and calls depending on it are cancelled."""
 
     payload: Any

@@ -10,7 +10,7 @@ alone (as the bench configures it): ``RegisteredTool.describe`` of each tool.
 **Results** are τ²'s own: the gold actions replayed on τ²'s environment as
 ``lab.conformance.reference`` replays them (the results the conformance suite holds the
 adapters to), shown as the
-gateway shows them (``calls._observation``): a read's or a held reversible write's result, a
+gateway shows them (``call_records.observation``): a read's or a held reversible write's result, a
 sensitive write ``staged`` (it runs at commit), a refusal as a failed call's error. A wrong
 call's result (a wrong early read, a write with a corrected value said wrong) comes from
 running it on τ²'s environment in the state the gold actions before it left: reads on the
@@ -29,16 +29,11 @@ from functools import cache
 from importlib import import_module
 from typing import Any
 
-from agent_worker import calls
+from agent_worker import call_records
 from agent_worker.backends.oracle import Correction, OracleTask, literals, substitute
 from lab.tau2bench import tau2_corrections
-from lab.tau2bench.tau2_stream import (
-    GoldStep,
-    StreamTask,
-    gold_values,
-    stream_calls,
-    utterance,
-)
+from lab.tau2bench.gold import GoldStep, gold_values
+from lab.tau2bench.tau2_stream import StreamTask, stream_calls, utterance
 from lab.training.sources import (
     Options,
     Result,
@@ -89,8 +84,8 @@ def observation(ok: bool, output: Any, effect: str) -> Result:
         view = {"status": "staged"}
     else:
         view = {"status": "succeeded", "result": output}
-    # calls._observation is the runtime's own shaping of a gateway answer: reused, not copied
-    return Result(calls._observation(view), ok)
+    # call_records.observation is the runtime's own shaping of a gateway answer: reused, not copied
+    return Result(call_records.observation(view), ok)
 
 
 @dataclass(frozen=True)

@@ -16,15 +16,16 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 FIRST_HOUR = 9
 LAST_HOUR = 16  # the last slot starts at 16:00 and ends at 17:00
 CONTROL_PREFIX = "/_control"
+
 
 def slot_label(start: datetime) -> str:
     """The canonical spelling of a slot's start, used in responses and compared on writes."""
@@ -137,129 +138,150 @@ def _find(state: _State, booking_id: str) -> dict[str, Any]:
     return booking
 
 
+def _state(request: Request) -> _State:
+    """The state of the service that received ``request`` (each app holds its own)."""
+    state: _State = request.app.state.booking
+    return state
+
+
+State = Annotated[_State, Depends(_state)]
+router = APIRouter()
+
+
+async def _faults_and_log(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    # Control calls are the test's own, so they are neither logged nor subject to faults.
+    if request.url.path.startswith(CONTROL_PREFIX):
+        return await call_next(request)
+    state = _state(request)
+    status = state.take_fault(request.method)
+    if status is not None:
+        response: Response = JSONResponse({"detail": "injected fault"}, status_code=status)
+    else:
+        response = await call_next(request)
+    with state.lock:
+        state.log.append({
+            "method": request.method,
+            "path": request.url.path,
+            "idempotency_key": request.headers.get("idempotency-key"),
+            "status": response.status_code,
+        })
+    return response
+
+
+@router.get("/slots")
+def free_slots(
+    state: State, resource: str = Query(min_length=1), day: str = Query()
+) -> list[str]:
+    try:
+        wanted = date.fromisoformat(day)
+    except ValueError:
+        raise HTTPException(422, f"day {day!r} is not a date like 2030-01-31") from None
+    with state.lock:
+        return [s for s in day_slots(wanted) if state.holder(resource, s) is None]
+
+
+@router.post("/bookings", status_code=201)
+def create_booking(
+    state: State,
+    body: BookingRequest,
+    response: Response,
+    idempotency_key: str | None = Header(default=None),
+) -> dict[str, Any]:
+    key = _require_key(idempotency_key)
+    try:
+        start = parse_start(body.start)
+    except ValueError as error:
+        raise HTTPException(422, str(error)) from None
+    request = (body.resource, start, body.name)
+    with state.lock:
+        seen = state.created.get(key)
+        if seen is not None:
+            if seen[0] != request:
+                raise HTTPException(409, "Idempotency-Key was already used for another booking")
+            response.status_code = 200
+            return dict(state.bookings[seen[1]])
+        if state.holder(body.resource, start) is not None:
+            raise HTTPException(409, "slot taken")
+        booking = {
+            "id": f"bk_{uuid.uuid4().hex[:12]}",
+            "resource": body.resource,
+            "start": start,
+            "name": body.name,
+            "status": "active",
+            "created_at": datetime.now(UTC).isoformat(),
+        }
+        state.bookings[booking["id"]] = booking
+        state.created[key] = (request, booking["id"])
+        return dict(booking)
+
+
+@router.get("/bookings")
+def list_bookings(state: State, name: str | None = None) -> list[dict[str, Any]]:
+    with state.lock:
+        return [dict(b) for b in state.bookings.values() if name is None or b["name"] == name]
+
+
+@router.get("/bookings/{booking_id}")
+def get_booking(state: State, booking_id: str) -> dict[str, Any]:
+    with state.lock:
+        return dict(_find(state, booking_id))
+
+
+@router.delete("/bookings/{booking_id}")
+def cancel_booking(state: State, booking_id: str) -> dict[str, Any]:
+    with state.lock:
+        booking = _find(state, booking_id)
+        booking["status"] = "cancelled"
+        return dict(booking)
+
+
+@router.post("/bookings/{booking_id}/confirm")
+def confirm_booking(
+    state: State, booking_id: str, idempotency_key: str | None = Header(default=None)
+) -> dict[str, Any]:
+    key = _require_key(idempotency_key)
+    with state.lock:
+        earlier = state.confirmed.get(key)
+        if earlier is not None and earlier != booking_id:
+            raise HTTPException(409, "Idempotency-Key was already used for another booking")
+        booking = _find(state, booking_id)
+        if earlier is None:
+            if booking["status"] == "cancelled":
+                raise HTTPException(409, f"booking {booking_id!r} is cancelled")
+            booking["status"] = "confirmed"
+            state.confirmed[key] = booking_id
+        return dict(booking)
+
+
+@router.post(f"{CONTROL_PREFIX}/fail")
+def arm_fault(state: State, fault: FaultRequest) -> dict[str, Any]:
+    method = fault.method.upper()
+    with state.lock:
+        if fault.times == 0:
+            state.faults.pop(method, None)
+        else:
+            state.faults[method] = _Fault(fault.times, fault.status)
+    return {"method": method, "times": fault.times, "status": fault.status}
+
+
+@router.post(f"{CONTROL_PREFIX}/reset")
+def reset(state: State) -> dict[str, str]:
+    state.reset()
+    return {"status": "reset"}
+
+
+@router.get(f"{CONTROL_PREFIX}/requests")
+def requests_log(state: State) -> list[dict[str, Any]]:
+    with state.lock:
+        return [dict(entry) for entry in state.log]
+
+
 def create_service() -> FastAPI:
     """A fresh service with empty state; each call is a separate "external system"."""
-    state = _State()
     app = FastAPI(title="Booking service (specgate test double)")
-    app.state.booking = state
-
-    @app.middleware("http")
-    async def faults_and_log(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        # Control calls are the test's own, so they are neither logged nor subject to faults.
-        if request.url.path.startswith(CONTROL_PREFIX):
-            return await call_next(request)
-        status = state.take_fault(request.method)
-        if status is not None:
-            response: Response = JSONResponse({"detail": "injected fault"}, status_code=status)
-        else:
-            response = await call_next(request)
-        with state.lock:
-            state.log.append({
-                "method": request.method,
-                "path": request.url.path,
-                "idempotency_key": request.headers.get("idempotency-key"),
-                "status": response.status_code,
-            })
-        return response
-
-    @app.get("/slots")
-    def free_slots(resource: str = Query(min_length=1), day: str = Query()) -> list[str]:
-        try:
-            wanted = date.fromisoformat(day)
-        except ValueError:
-            raise HTTPException(422, f"day {day!r} is not a date like 2030-01-31") from None
-        with state.lock:
-            return [s for s in day_slots(wanted) if state.holder(resource, s) is None]
-
-    @app.post("/bookings", status_code=201)
-    def create_booking(
-        body: BookingRequest,
-        response: Response,
-        idempotency_key: str | None = Header(default=None),
-    ) -> dict[str, Any]:
-        key = _require_key(idempotency_key)
-        try:
-            start = parse_start(body.start)
-        except ValueError as error:
-            raise HTTPException(422, str(error)) from None
-        request = (body.resource, start, body.name)
-        with state.lock:
-            seen = state.created.get(key)
-            if seen is not None:
-                if seen[0] != request:
-                    raise HTTPException(409, "Idempotency-Key was already used for another booking")
-                response.status_code = 200
-                return dict(state.bookings[seen[1]])
-            if state.holder(body.resource, start) is not None:
-                raise HTTPException(409, "slot taken")
-            booking = {
-                "id": f"bk_{uuid.uuid4().hex[:12]}",
-                "resource": body.resource,
-                "start": start,
-                "name": body.name,
-                "status": "active",
-                "created_at": datetime.now(UTC).isoformat(),
-            }
-            state.bookings[booking["id"]] = booking
-            state.created[key] = (request, booking["id"])
-            return dict(booking)
-
-    @app.get("/bookings")
-    def list_bookings(name: str | None = None) -> list[dict[str, Any]]:
-        with state.lock:
-            return [
-                dict(b) for b in state.bookings.values() if name is None or b["name"] == name
-            ]
-
-    @app.get("/bookings/{booking_id}")
-    def get_booking(booking_id: str) -> dict[str, Any]:
-        with state.lock:
-            return dict(_find(state, booking_id))
-
-    @app.delete("/bookings/{booking_id}")
-    def cancel_booking(booking_id: str) -> dict[str, Any]:
-        with state.lock:
-            booking = _find(state, booking_id)
-            booking["status"] = "cancelled"
-            return dict(booking)
-
-    @app.post("/bookings/{booking_id}/confirm")
-    def confirm_booking(
-        booking_id: str, idempotency_key: str | None = Header(default=None)
-    ) -> dict[str, Any]:
-        key = _require_key(idempotency_key)
-        with state.lock:
-            earlier = state.confirmed.get(key)
-            if earlier is not None and earlier != booking_id:
-                raise HTTPException(409, "Idempotency-Key was already used for another booking")
-            booking = _find(state, booking_id)
-            if earlier is None:
-                if booking["status"] == "cancelled":
-                    raise HTTPException(409, f"booking {booking_id!r} is cancelled")
-                booking["status"] = "confirmed"
-                state.confirmed[key] = booking_id
-            return dict(booking)
-
-    @app.post(f"{CONTROL_PREFIX}/fail")
-    def arm_fault(fault: FaultRequest) -> dict[str, Any]:
-        method = fault.method.upper()
-        with state.lock:
-            if fault.times == 0:
-                state.faults.pop(method, None)
-            else:
-                state.faults[method] = _Fault(fault.times, fault.status)
-        return {"method": method, "times": fault.times, "status": fault.status}
-
-    @app.post(f"{CONTROL_PREFIX}/reset")
-    def reset() -> dict[str, str]:
-        state.reset()
-        return {"status": "reset"}
-
-    @app.get(f"{CONTROL_PREFIX}/requests")
-    def requests_log() -> list[dict[str, Any]]:
-        with state.lock:
-            return [dict(entry) for entry in state.log]
-
+    app.state.booking = _State()
+    app.middleware("http")(_faults_and_log)
+    app.include_router(router)
     return app

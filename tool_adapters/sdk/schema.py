@@ -102,7 +102,7 @@ def build_args_model(
         fields[f"arg_{index}"] = _field(param, hint, docs.get(param.name))
     config = ConfigDict(extra="forbid", protected_namespaces=())
     try:
-        return create_model(  # type: ignore[call-overload, no-any-return]
+        return create_model(
             model_name(tool_name), __config__=config, __module__=fn.__module__, **fields
         )
     except Exception as error:  # pydantic raises several types; the author needs only one

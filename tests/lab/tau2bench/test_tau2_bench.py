@@ -31,11 +31,11 @@ from agent_worker.model import Context, profile
 from agent_worker.protocol import ToolCall
 from agent_worker.runtime import AgentConfig
 from lab.tau2bench import ideal
+from lab.tau2bench.gold import gold_values
 from lab.tau2bench.tau2_corrections import with_correction
 from lab.tau2bench.tau2_stream import (
     chunks_of,
     first_person,
-    gold_values,
     heard_at,
     utterance,
 )
@@ -292,7 +292,7 @@ def test_a_local_model_runs_both_modes_on_the_simulated_clock(
 
 
 def test_held_out_tasks_and_tool_listing_come_from_a_data_manifest(tmp_path: Path) -> None:
-    from lab.tau2bench.tau2_run import options_from
+    from lab.tau2bench.options import options_from
 
     def options(domain: str, held_out: Path, listing: str | None = None) -> Any:
         return options_from(domain, False, "cloud", None, [], "0.5-1", 0, None,

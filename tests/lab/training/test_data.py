@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from agent_worker import calls, protocol
+from agent_worker import call_records, protocol
 from agent_worker.prompt import system_prompt
 from agent_worker.protocol import Malformed, StreamParser, ToolCall
 from lab.training import bfcl_source, data, tau2_source
@@ -136,7 +136,7 @@ def test_a_sample_that_uses_a_value_before_it_is_heard_is_refused() -> None:
 
 def test_tau2_results_are_shown_as_the_gateway_shows_them() -> None:
     staged = tau2_source.observation(True, {"order_id": "#W1"}, "sensitive")
-    assert staged.payload == calls._observation({"status": "staged"}) and staged.ok
+    assert staged.payload == call_records.observation({"status": "staged"}) and staged.ok
     held = tau2_source.observation(True, {"order_id": "#W1"}, "reversible")
     assert held.payload == {"order_id": "#W1"}
     refused = tau2_source.observation(False, "Order not found", "safe")

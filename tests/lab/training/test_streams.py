@@ -1,8 +1,10 @@
-"""The timed-stream simulator on small hand-written tasks: where each call appears (worked out
-by hand below), how an event cuts a step, wrong early calls and their fixes, the sync variant."""
+"""Timed streams, played through the agent runtime, on small hand-written tasks: where each call
+appears (worked out by hand below), how an event cuts a step, wrong early calls and their
+fixes, the sync variant; the scripted gateway at the runtime's edge."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 from dataclasses import replace
@@ -10,12 +12,16 @@ from typing import Any
 
 import pytest
 
-from agent_worker import protocol
+from agent_worker import call_records, protocol
 from agent_worker.backends.oracle import OracleTask
+from agent_worker.clock import WallClock
+from agent_worker.errors import GatewayError
 from agent_worker.model import PROFILES, LatencyProfile
 from agent_worker.prompt import system_prompt
 from agent_worker.protocol import Remove, ToolCall
 from lab.training import data, streams
+from lab.training.author import Author
+from lab.training.scripted_gateway import ScriptedGateway
 from lab.training.sources import Options, Result, Spec, WrongCall, call_key, timed_chunks
 
 
@@ -288,3 +294,61 @@ def test_same_seed_same_stream_and_a_missing_result_is_named() -> None:
     broken = _spec(results={k: v for k, v in RESULTS.items() if k[0] != 2})
     with pytest.raises(streams.SimulationError, match="no result for shop.get_order"):
         _play(broken)
+
+
+def test_the_scripted_gateway_answers_from_the_spec_and_cascades_as_the_gateway() -> None:
+    spec = _spec(wrong=WRONG, results=WRONG_RESULTS)
+    edge = ScriptedGateway(spec)
+
+    async def run() -> None:
+        async with edge.client(WallClock()) as gateway:
+            assert await gateway.tools() == list(TOOLS)
+            session = (await gateway.create_session())["id"]
+
+            async def issue(client: str, call: ToolCall, depends_on: tuple[str, ...] = (),
+                            supersedes: str | None = None) -> dict[str, Any]:
+                return await gateway.issue(session, tool=call.name, arguments=call.arguments,
+                                           client_call_id=client, depends_on=list(depends_on),
+                                           supersedes=supersedes)
+
+            guess = await issue("1", ToolCall(1, "shop.find_user", WRONG[0].arguments))
+            assert guess["status"] == "failed" and call_records.observation(guess) == \
+                WRONG_RESULTS[(1, call_key(WRONG[0].arguments))].payload
+            found = await issue("2", GOLD[0])
+            order = await issue("3", GOLD[1], depends_on=("2",))
+            cancel = await issue("4", GOLD[2], depends_on=("3",))
+            assert (found["result"], cancel["status"]) == ({"user_id": "u_jo"}, "staged")
+            # the cascade: the call removed and, transitively, what depends on it
+            gone = await gateway.cancel(order["id"], "removed by the agent")
+            assert [(v["client_call_id"], v["status"]) for v in gone] == \
+                [("3", "cancelled"), ("4", "cancelled")]
+            amended = await issue("2", GOLD[0], supersedes="2")
+            assert amended["supersedes"] == found["id"]
+            turn = (await gateway.session(session))["turns"][0]
+            assert [c["status"] for c in turn["calls"]] == \
+                ["failed", "cancelled", "cancelled", "cancelled", "succeeded"]
+            committed = await gateway.commit(session, turn["id"], ["2"])
+            assert [c["status"] for c in committed["calls"]][-1] == "committed"
+            await gateway.open_turn(session)
+            with pytest.raises(GatewayError, match="no result for shop.log"):
+                await issue("5", ToolCall(5, "shop.log", {"code": "nope"}))
+        assert edge.problem is not None and edge.refused is not None and edge.refused.is_set()
+
+    asyncio.run(run())
+
+
+def test_a_step_the_runtime_refuses_abandons_the_stream(monkeypatch: pytest.MonkeyPatch,
+                                                        ) -> None:
+    # the model answers before the user has finished: the runtime answers with <error>
+    early = OracleTask("", (), "Done.", at_final=frozenset())
+    spec = _spec(((0.4, "I"), (30.0, "bye")), task=early)
+    original = Author.write
+
+    def hasty(self: Author, context: Any) -> str:
+        return "<answer>Done.</answer>" if len(context.segments) == 1 else original(self,
+                                                                                     context)
+
+    monkeypatch.setattr(Author, "write", hasty)
+    with pytest.raises(streams.SimulationError,
+                       match="the runtime refused a step: the user has not finished"):
+        _play(spec)
