@@ -245,7 +245,7 @@ def options_as_dict(options: Options, settings: Settings) -> dict[str, Any]:
 
 def main(sessions: str, calls: int | None, out: str | None, home: str,
          console: Console | None = None, rounds: int = DEFAULT_ROUNDS) -> dict[str, Any]:
-    """Entry of the CLI command (kept here so ``gateway/cli.py`` needs only a lazy import)."""
+    """Entry of the CLI command (kept here so ``specgate/cli.py`` needs only a lazy import)."""
     from gateway.config import get_settings
 
     try:

@@ -1,4 +1,4 @@
-"""The body of the ``specgate demo`` command (kept here so ``gateway/cli.py`` stays a list of
+"""The body of the ``specgate demo`` command (kept here so ``specgate/cli.py`` stays a list of
 commands)."""
 
 from __future__ import annotations

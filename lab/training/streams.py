@@ -17,7 +17,7 @@ final update — is the runtime's, not a copy of it. Only its two edges are stan
   (τ²'s reference outcome, BFCL's executed result); the tool latency is the runtime's injected
   one (``AgentConfig.tool_latency``).
 
-**Why not a real gateway** (measured on this machine, 2 shared cores, ``--tokenizer none``).
+**Why not a real gateway** (measured on a machine with 2 shared cores, ``--tokenizer none``).
 ``specgate bench tau2 --domain retail --tasks 4 --profile edge`` — the runtime against a real
 gateway child with the retail adapter over Postgres, seeded and reset per session — took
 0.15–0.67 s per session (0.4 s mean) after ~6 s of start-up. ``data make`` plays two sessions

@@ -271,7 +271,7 @@ def test_the_command_replays_through_a_gateway_server_and_writes_json(
     out = tmp_path / "run.json"
     env = {**os.environ, "SPECGATE_DATABASE_URL": ledger_url, "SPECGATE_HOME": str(pg_home)}
     done = subprocess.run(
-        [sys.executable, "-m", "gateway", "conformance", "tau2", "--domain", domain,
+        [sys.executable, "-m", "specgate", "conformance", "tau2", "--domain", domain,
          "--tasks", "3", "--speculative", "--out", str(out), "--home", str(tmp_path)],
         env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
