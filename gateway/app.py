@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -24,9 +26,9 @@ from gateway.calls import router as calls_router
 from gateway.calls.settled import SettleListener
 from gateway.config import Settings, get_settings
 from gateway.db import Databases
-from gateway.errors import SpecgateError, error_response
+from gateway.errors import SpecgateError, database_unavailable, error_response
 from gateway.runtime import Runtime, default_gateway_id
-from gateway.sessions import fastpath
+from gateway.sessions import fastpath, forwarding
 from gateway.sessions import router as sessions_router
 from gateway.tasks.outbox import LazyPublisher
 from gateway.tools import router as tools_router
@@ -67,9 +69,16 @@ class Maintenance:
 
 
 class GatewayApp(FastAPI):
-    """The FastAPI app, with the hot route's fast path in front (``sessions.fastpath``)."""
+    """The FastAPI app, with forwarding to a session's owner (``sessions.forwarding``) and the
+    hot route's fast path (``sessions.fastpath``) in front."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if forwarding.applies(scope):
+            await self.state.forwarder(self._serve, scope, receive, send)
+        else:
+            await self._serve(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         if fastpath.matches(scope):
             await fastpath.serve(self.state, super().__call__, scope, receive, send)
         else:
@@ -86,6 +95,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def specgate_error(request: Request, error: SpecgateError) -> JSONResponse:
         return error_response(error)
 
+    @app.exception_handler(sa_exc.OperationalError)
+    @app.exception_handler(sa_exc.TimeoutError)
+    @app.exception_handler(psycopg.OperationalError)
+    async def database_down(request: Request, error: Exception) -> JSONResponse:
+        log.warning("database unavailable: %r", error)
+        return error_response(database_unavailable(error))
+
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
         problems = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
@@ -99,7 +115,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(error.status_code, code, str(error.detail))
 
 
-def create_runtime(settings: Settings, gateway_id: str | None = None) -> Runtime:
+def create_runtime(settings: Settings, gateway_id: str | None = None,
+                   advertise_url: str | None = None) -> Runtime:
     """The gateway process's runtime, with the parts it holds built from the settings."""
     dbs = Databases(settings)
     return Runtime(
@@ -115,11 +132,12 @@ def create_runtime(settings: Settings, gateway_id: str | None = None) -> Runtime
         settled=SettleListener(dbs.driver_dsn),
         publisher=LazyPublisher(settings, dbs.ledger_url),
         gateway_id=gateway_id or default_gateway_id(),
+        advertise_url=settings.advertise_url or advertise_url,
     )
 
 
 def create_app(settings: Settings | None = None, *, gateway_id: str | None = None,
-               background: bool = True) -> FastAPI:
+               advertise_url: str | None = None, background: bool = True) -> FastAPI:
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -127,8 +145,9 @@ def create_app(settings: Settings | None = None, *, gateway_id: str | None = Non
         # Sync handlers (and the fast path) run on anyio's worker threads; their number is the
         # default limiter of the event loop serving this app, so it is set from inside it.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
-        rt = create_runtime(settings, gateway_id=gateway_id)
+        rt = create_runtime(settings, gateway_id=gateway_id, advertise_url=advertise_url)
         app.state.runtime = rt
+        app.state.forwarder = forwarding.Forwarder(rt.gateway_id, settings.forward_timeout_s)
         app.state.keys = KeyCache(rt.dbs.ledger, settings.key_cache_s)
         metrics.HELD.set_function(lambda: rt.holds.held_connections)
         maintenance = Maintenance(rt)
@@ -138,6 +157,7 @@ def create_app(settings: Settings | None = None, *, gateway_id: str | None = Non
             yield
         finally:
             maintenance.stop()
+            await app.state.forwarder.aclose()
             rt.close()
 
     app = GatewayApp(title="specgate", version="0.1.0", lifespan=lifespan,

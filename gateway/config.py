@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     )
 
     turn_ttl_s: float = Field(default=300.0, gt=0, description="An open turn expires after this.")
+    turn_idle_s: float = Field(
+        default=30.0, gt=0, description="An open turn holding a transaction with no request "
+        "for this long is cancelled, and its connection and row locks released.")
     staged_ttl_s: float = Field(default=600.0, gt=0, description="TTL of a staged call.")
     max_held_transactions: int = Field(
         default=32, ge=1, description="Bound on turn transactions held open at once per gateway."
@@ -53,6 +56,13 @@ class Settings(BaseSettings):
     lock_timeout_ms: int = Field(default=2000, ge=1, description="lock_timeout on held turns.")
     reaper_period_s: float = Field(default=5.0, gt=0, description="Reconciler/reaper period.")
     owner_lease_s: float = Field(default=15.0, gt=0, description="Session owner lease length.")
+    advertise_url: str | None = Field(
+        default=None, description="Base URL at which other gateways reach this one, to forward "
+        "requests for the sessions it owns; default: http://<host>:<port> of specgate serve "
+        "(the machine's name when it listens on every interface).")
+    forward_timeout_s: float = Field(
+        default=60.0, gt=0, description="Longest wait for the owner's answer to a forwarded "
+        "request (a ?wait= call waits at most wait_max_s).")
     key_cache_s: float = Field(default=30.0, ge=0, description="API key lookup cache lifetime.")
     wait_max_s: float = Field(default=30.0, gt=0, description="Largest accepted ?wait=.")
     request_threads: int = Field(
@@ -82,7 +92,7 @@ class Settings(BaseSettings):
     settle_wait_s: float = Field(
         default=10.0, ge=0, description="How long a commit waits for its task calls to finish.")
 
-    @field_validator("database_url", "broker_url", mode="before")
+    @field_validator("database_url", "broker_url", "advertise_url", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
@@ -93,6 +103,13 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith("postgresql"):
             raise ValueError(f"SPECGATE_DATABASE_URL must be a postgresql URL, got {value!r}")
         return value
+
+    @field_validator("advertise_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"SPECGATE_ADVERTISE_URL must be an http(s) URL, got {value!r}")
+        return None if value is None else value.rstrip("/")
 
     @model_validator(mode="after")
     def _known_tool_databases(self) -> Settings:

@@ -13,14 +13,25 @@ escapes a route is a bug and becomes a 500 without hiding it from the logs.
      ├── NotFound              404  not_found
      ├── Conflict              409  conflict             (state does not allow it)
      │    └── IdempotencyMismatch 409 idempotency_key_reused
-     └── Unavailable           429/503 capacity          (bounded resources exhausted)
+     └── Unavailable           429/503 capacity          (bounded resources exhausted, the
+                                                         database or an owner unreachable;
+                                                         answered with Retry-After)
+
+A database that cannot be reached (connection refused or lost, the pool or the server out of
+connections) is not a bug: ``database_unavailable`` turns it into a 503 the client retries.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import psycopg
+from sqlalchemy import exc as sa_exc
 from starlette.responses import JSONResponse
+
+RETRY_AFTER_S = 1
+# What a database outage raises, through SQLAlchemy or straight from the driver.
+DATABASE_DOWN = (sa_exc.OperationalError, sa_exc.TimeoutError, psycopg.OperationalError)
 
 
 class SpecgateError(Exception):
@@ -42,7 +53,14 @@ class SpecgateError(Exception):
 
 
 def error_response(error: SpecgateError) -> JSONResponse:
-    return JSONResponse(error.to_body(), status_code=error.status_code)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if isinstance(error, Unavailable) else None
+    return JSONResponse(error.to_body(), status_code=error.status_code, headers=headers)
+
+
+def database_unavailable(error: Exception) -> Unavailable:
+    """The answer to one of ``DATABASE_DOWN``: retry shortly; nothing was decided."""
+    return Unavailable(f"the database cannot be reached ({type(error).__name__}); retry",
+                       code="database_unavailable", status_code=503)
 
 
 class BadRequest(SpecgateError):
@@ -80,7 +98,8 @@ class IdempotencyMismatch(Conflict):
 
 
 class Unavailable(SpecgateError):
-    """A bounded resource is exhausted; the client may retry later."""
+    """A bounded resource is exhausted, or the database or a session's owner cannot be
+    reached; the client may retry after ``Retry-After``."""
 
     status_code = 429
     code = "capacity"

@@ -47,6 +47,9 @@ _CLAIM = text(
     """
 )
 
+_OWNER = text("SELECT s.owner_id, g.url FROM sessions s LEFT JOIN gateways g ON g.id = s.owner_id "
+              "WHERE s.id = :sid AND s.tenant = :tenant")
+
 
 class SessionLock:
     """A re-entrant lock of one session; weakly referable, so it is freed when unused."""
@@ -122,6 +125,7 @@ class Runtime:
     settled: SettleListener  # wakes requests waiting for task calls (gateway.calls.settled)
     publisher: LazyPublisher  # rings the tool worker (gateway.tasks.outbox)
     gateway_id: str
+    advertise_url: str | None = None  # where other gateways forward this one's sessions
     session_lock: SessionLocks = field(default_factory=SessionLocks)
     # Both caches are bounded: an evicted session is claimed or read again on its next request.
     _owned: LruDict[str, str] = field(default_factory=lambda: LruDict(100_000))  # id → tenant
@@ -145,16 +149,14 @@ class Runtime:
                  "lease": self.settings.owner_lease_s},
             ).first()
             if row is None:
-                owner = conn.execute(
-                    text("SELECT owner_id FROM sessions WHERE id = :sid AND tenant = :tenant"),
-                    {"sid": session_id, "tenant": tenant},
-                ).scalar()
+                owner = conn.execute(_OWNER, {"sid": session_id, "tenant": tenant}).first()
                 if owner is None:
                     raise NotFound(f"session {session_id!r} not found")
                 raise Conflict(
-                    f"session {session_id!r} is owned by gateway {owner!r}",
+                    f"session {session_id!r} is owned by gateway {owner.owner_id!r}",
                     code="session_owned_elsewhere",
-                    owner=owner,
+                    owner=owner.owner_id,
+                    owner_url=owner.url,
                 )
         self._owned[session_id] = tenant
         previous = row.previous
@@ -167,11 +169,12 @@ class Runtime:
         with self.dbs.ledger.begin() as conn:
             conn.execute(
                 text(
-                    "INSERT INTO gateways (id, host, pid, started_at, heartbeat_at) "
-                    "VALUES (:id, :host, :pid, now(), now()) ON CONFLICT (id) DO UPDATE "
-                    "SET heartbeat_at = now(), pid = EXCLUDED.pid"
+                    "INSERT INTO gateways (id, host, pid, url, started_at, heartbeat_at) "
+                    "VALUES (:id, :host, :pid, :url, now(), now()) ON CONFLICT (id) DO UPDATE "
+                    "SET heartbeat_at = now(), pid = EXCLUDED.pid, url = EXCLUDED.url"
                 ),
-                {"id": self.gateway_id, "host": socket.gethostname(), "pid": os.getpid()},
+                {"id": self.gateway_id, "host": socket.gethostname(), "pid": os.getpid(),
+                 "url": self.advertise_url},
             )
 
     def publish(self, call_ids: Sequence[str]) -> None:

@@ -103,12 +103,22 @@ def serve(host: str = "127.0.0.1", port: int = 8080,
     # that would end this process before the worker child is stopped.
     exit_on_sigterm()
     try:
-        application = create_app(settings, gateway_id=default_gateway_id(port))
+        application = create_app(settings, gateway_id=default_gateway_id(port),
+                                 advertise_url=_advertised(host, port))
         uvicorn.run(application, host=host, port=port,
                     log_level="info" if verbose else "warning")
     finally:
         if child is not None:
             child.stop()
+
+
+def _advertised(host: str, port: int) -> str:
+    """Where other gateways reach this one unless SPECGATE_ADVERTISE_URL says otherwise: the
+    address it listens on, or the machine's name when it listens on every interface."""
+    import socket
+
+    name = socket.getfqdn() if host in ("0.0.0.0", "::", "") else host
+    return f"http://{f'[{name}]' if ':' in name else name}:{port}"
 
 
 @app.command()

@@ -58,6 +58,8 @@ class Gateway(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = _now()
     heartbeat_at: Mapped[datetime] = _now()
+    # Where other gateways forward requests for the sessions this one owns (migration 0005).
+    url: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class WorkerHeartbeat(Base):

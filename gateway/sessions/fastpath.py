@@ -24,12 +24,13 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import State
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.asgi import read_body, replay
 from gateway.auth.service import KeyCache
 from gateway.calls.schemas import IssueCall
 from gateway.deps import Idempotent, bearer_token
-from gateway.errors import SpecgateError, error_response
+from gateway.errors import DATABASE_DOWN, SpecgateError, database_unavailable, error_response
 from gateway.runtime import Runtime
 from gateway.sessions import service
 
@@ -47,14 +48,14 @@ async def serve(state: State, app: ASGIApp, scope: Scope, receive: Receive,
                 send: Send) -> None:
     """Answer a request ``matches`` accepted, or hand it to ``app`` (the FastAPI app's own
     handling); ``state`` is the app's (its runtime and key cache)."""
-    body = await _read_body(receive)
+    body = await read_body(receive)
     if body is None:  # the client went away before it sent the whole body: nothing to answer
         return
     accepted = _accepted(scope, body)
     keys: KeyCache = state.keys
     principal = keys.cached(accepted[1]) if accepted is not None else None
     if accepted is None or principal is None:  # the route authenticates, and fills the cache
-        await app(scope, _replay(body, receive), send)
+        await app(scope, replay(body, receive), send)
         return
     issue, _, idempotency_key = accepted
     runtime: Runtime = state.runtime
@@ -68,6 +69,8 @@ async def serve(state: State, app: ASGIApp, scope: Scope, receive: Receive,
         response = await run_in_threadpool(handle)
     except SpecgateError as error:
         response = error_response(error)
+    except DATABASE_DOWN as error:
+        response = error_response(database_unavailable(error))
     await response(scope, receive, send)
 
 
@@ -99,28 +102,3 @@ def _headers(scope: Scope) -> dict[bytes, str]:
         if name in _READ and name not in found:
             found[name] = value.decode("latin-1")
     return found
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A ``receive`` that gives the body read already, then whatever the server sends next."""
-    sent = False
-
-    async def replayed() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replayed

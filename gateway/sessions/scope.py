@@ -34,8 +34,11 @@ def scope_of(rt: Runtime, tenant: str, session_id: str,
                 rt.scopes[session_id] = scope
         else:  # the worker writes its calls behind the cache
             calls_service.refresh(rt, calls_service.unsettled(scope))
+        rt.holds.touch(scope.turn.id)
         try:
             yield scope
         except BaseException:
             rt.forget_scope(session_id)  # it may be half-updated: read it again next time
             raise
+        finally:
+            rt.holds.touch(scope.turn.id)  # a long request leaves the turn just used

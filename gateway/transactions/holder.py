@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -113,9 +114,15 @@ class TurnHold:
     release: Callable[[int], None]
     connections: dict[str, HeldConnection] = field(default_factory=dict)
     entries: list[_Entry] = field(default_factory=list)
+    # When a request last touched it: a turn left idle past SPECGATE_TURN_IDLE_S is cancelled.
+    last_used: float = field(default_factory=time.monotonic)
+
+    def idle_for(self, seconds: float) -> bool:
+        return time.monotonic() - self.last_used > seconds
 
     def connection(self, url: str, engine: Engine, ledger_url: str,
                    acquire: Callable[[], None]) -> HeldConnection:
+        self.last_used = time.monotonic()
         held = self.connections.get(url)
         if held is None:
             acquire()
@@ -148,6 +155,7 @@ class TurnHold:
         if not keep:
             held.execute(f'ROLLBACK TO SAVEPOINT "{savepoint}"')
         self.entries.append(_Entry(call_id, held.url, savepoint, keep))
+        self.last_used = time.monotonic()
         return value
 
     def undo(self, call_id: str) -> list[str]:
@@ -236,6 +244,17 @@ class HeldTurns:
         hold = self._holds.pop(turn_id, None)
         if hold is not None:
             hold.close()
+
+    def touch(self, turn_id: str) -> None:
+        """A request for the turn's session arrived: the turn is not abandoned."""
+        hold = self._holds.get(turn_id)
+        if hold is not None:
+            hold.last_used = time.monotonic()
+
+    def idle(self, seconds: float) -> list[str]:
+        """The turns holding a transaction with no request for longer than ``seconds``."""
+        return [t for t, hold in list(self._holds.items())
+                if hold.connections and hold.idle_for(seconds)]
 
     def turn_ids(self) -> list[str]:
         return list(self._holds)

@@ -11,7 +11,9 @@ lock so two gateways never resolve the same thing at once:
 2. Turns left ``committing``/``cancelling`` by a dead gateway are finished from the marker.
 3. Open turns whose held transaction died with its gateway are aborted (Postgres already
    rolled the effects back; the ledger now says so).
-4. Turns and staged calls past their TTL are expired.
+4. Turns and staged calls past their TTL are expired, and turns this gateway holds whose
+   session has had no request for ``turn_idle_s`` are cancelled (an abandoned voice turn
+   must not hold a backend and its row locks for minutes).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def reconcile(rt: Runtime, *, startup: bool = False) -> dict[str, int]:
     """One pass; returns counts of what it resolved (for logs, metrics and tests)."""
     counts = {"committed_prepared": 0, "rolled_back_prepared": 0, "finished": 0,
               "aborted": 0, "expired_turns": 0, "expired_calls": 0,
-              "denied_approvals": 0}
+              "denied_approvals": 0, "idle_turns": 0}
     with rt.dbs.ledger.connect() as lock_conn:
         if not lock_conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY}).scalar():
             return counts
@@ -167,8 +169,30 @@ def _resolve_orphan(rt: Runtime, scope: TurnScope, counts: dict[str, int]) -> No
         counts["aborted"] += 1
 
 
+def _cancel_idle(rt: Runtime, counts: dict[str, int]) -> None:
+    idle_s = rt.settings.turn_idle_s
+    for turn_id in rt.holds.idle(idle_s):
+        with rt.dbs.ledger.connect() as conn:
+            row = conn.execute(text("SELECT tenant, session_id FROM turns WHERE id = :t"),
+                               {"t": turn_id}).first()
+        if row is None:
+            continue
+        with rt.session_lock(row.session_id):
+            hold = rt.holds.get(turn_id)
+            if hold is None or not hold.idle_for(idle_s):  # used or ended meanwhile
+                continue
+            rt.forget_scope(row.session_id)
+            scope = turns_service.reload(rt, row.tenant, row.session_id, turn_id)
+            if scope.turn.status == T.OPEN:
+                turns_service.cancel_turn(
+                    rt, scope, f"no request for {idle_s:g} s (SPECGATE_TURN_IDLE_S): the "
+                    "turn was abandoned; its held effects were rolled back")
+                counts["idle_turns"] += 1
+
+
 def _reap(rt: Runtime, counts: dict[str, int]) -> None:
     counts["denied_approvals"] = approvals.deny_expired(rt)
+    _cancel_idle(rt, counts)
     query = text(
         "SELECT t.id, t.tenant, t.session_id, t.expires_at < now() AS turn_expired "
         "FROM turns t JOIN sessions s ON s.id = t.session_id WHERE t.status = 'open' AND ("

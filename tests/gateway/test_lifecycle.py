@@ -16,6 +16,7 @@ from gateway.auth.service import create_key
 from gateway.db import make_engine
 from gateway.migrate import downgrade_ledger, upgrade_ledger
 from gateway.turns import recovery
+from lab.servers import free_port
 from tests.conftest import make_settings, reset_shop
 from tests.gateway.helpers import Api, shop_state
 
@@ -48,6 +49,31 @@ def test_reaper_expires_turns_past_their_ttl(gateway_factory: Any, pg_home: Path
     assert [c["status"] for c in turn["calls"]] == ["expired", "expired"]
     assert rt.holds.held_connections == 0
     assert shop_state(ledger_url) == before
+    assert api.post(f"/v1/sessions/{sid}/turns/{tid}/commit", {}).status_code == 409
+
+
+def test_an_abandoned_turn_is_cancelled_after_its_idle_time(gateway_factory: Any, pg_home: Path,
+                                                            ledger_url: str) -> None:
+    api = _gateway(gateway_factory, pg_home, ledger_url, turn_idle_s=2.0)
+    before = shop_state(ledger_url)
+    sid, tid = api.session()
+    kept_sid, kept_tid = api.session()
+    api.call(sid, 1, "create_order", arguments={"customer": "ann"})
+    api.call(kept_sid, 1, "create_order", arguments={"customer": "bo"})
+    rt = api.client.app.state.runtime
+    assert rt.holds.held_connections == 2
+    time.sleep(1.2)
+    api.call(kept_sid, 2, "list_products")  # a request: that turn is not abandoned
+    time.sleep(1.2)  # the other turn: 2.4 s without a request, past its 2 s
+    assert recovery.reconcile(rt)["idle_turns"] >= 1  # global: counts other tests' turns too
+    turn = api.get(f"/v1/sessions/{sid}").json()["turns"][0]
+    assert turn["status"] == "cancelled" and "SPECGATE_TURN_IDLE_S" in turn["error"]["reason"]
+    assert [c["status"] for c in turn["calls"]] == ["cancelled"]
+    assert rt.holds.held_connections == 1
+    assert api.get(f"/v1/sessions/{kept_sid}").json()["turns"][0]["status"] == "open"
+    api.commit(kept_sid, kept_tid)
+    assert [o["customer"] for o in shop_state(ledger_url)["demo_orders"]] == ["bo"]
+    assert len(before["demo_orders"]) == 0
     assert api.post(f"/v1/sessions/{sid}/turns/{tid}/commit", {}).status_code == 409
 
 
@@ -142,9 +168,10 @@ def test_migrations_upgrade_and_downgrade(pg_home: Path, ledger_url: str) -> Non
     assert set(inspect(engine).get_table_names()) == {"alembic_version"}
     upgrade_ledger(url)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
     outbox = {c["name"] for c in inspect(engine).get_columns("outbox")}
     assert {"next_at", "sends", "done_at"} <= outbox
+    assert "url" in {c["name"] for c in inspect(engine).get_columns("gateways")}
     engine.dispose()
 
 
@@ -153,3 +180,22 @@ def test_listing_rejects_unknown_status(gateway_factory: Any, pg_home: Path, led
                                         status: str) -> None:
     api = _gateway(gateway_factory, pg_home, ledger_url)
     assert api.get(f"/v1/calls?status={status}", expect=400).json()["error"]["code"]
+
+
+def test_a_database_that_cannot_be_reached_gives_a_retryable_503(
+        gateway_factory: Any, pg_home: Path) -> None:
+    """Nothing listens on the ledger's port: every route, the hot route's fast path and the
+    health check answer 503 ``database_unavailable`` in the JSON envelope with Retry-After."""
+    dead = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nowhere"
+    client = gateway_factory(make_settings(pg_home, dead))
+    key = {"Authorization": "Bearer sgk_" + "x" * 40}
+    answers = [
+        client.post("/v1/sessions", json={}, headers=key),
+        client.post("/v1/sessions/ses_1/calls", headers=key,
+                    json={"tool": "demo.list_products", "client_call_id": 1, "arguments": {}}),
+        client.get("/healthz"),
+    ]
+    for answer in answers:
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["retry-after"] == "1"
+        assert answer.json()["error"]["code"] == "database_unavailable"

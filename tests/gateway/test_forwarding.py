@@ -1,0 +1,146 @@
+"""Any gateway answers any request: two real ``specgate serve`` processes on one Postgres, a
+session owned by the first, every request of it sent to the second (as a load balancer without
+affinity would). The second forwards to the owner; a dead owner gives a retryable 503 until its
+lease lapses, then the session is taken over and goes on."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+from gateway.auth.service import create_key
+from gateway.db import make_engine
+from gateway.sessions.forwarding import HEADER
+from lab.servers import LocalGateway
+from tests.conftest import make_settings, reset_shop
+from tests.gateway.helpers import sequential_run, shop_state
+
+LEASE_S = 2.0
+
+
+@pytest.fixture
+def pair(pg_home: Path, ledger_url: str, tmp_path: Path) -> Iterator[tuple[LocalGateway, ...]]:
+    reset_shop(ledger_url, make_settings(pg_home, ledger_url))
+    env = {"SPECGATE_HOME": str(pg_home), "SPECGATE_DATABASE_URL": ledger_url,
+           "SPECGATE_ADAPTERS": '["demo"]', "SPECGATE_REAPER_PERIOD_S": "0.5",
+           "SPECGATE_OWNER_LEASE_S": str(LEASE_S)}
+    gateways = [LocalGateway(env=env, log_path=tmp_path / f"gateway-{i}.log") for i in (1, 2)]
+    try:
+        for gateway in gateways:
+            gateway.start()
+        yield tuple(gateways)
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+
+
+@pytest.fixture
+def key(ledger_url: str) -> str:
+    engine = make_engine(ledger_url, pool_size=1)
+    _, secret = create_key(engine, f"fwd-{uuid.uuid4().hex[:6]}", "app")
+    engine.dispose()
+    return secret
+
+
+def _client(gateway: LocalGateway, key: str) -> httpx.Client:
+    return httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {key}"},
+                        timeout=30)
+
+
+def _owner(ledger_url: str, session_id: str) -> str:
+    engine = create_engine(ledger_url, poolclass=NullPool)
+    with engine.connect() as conn:
+        owner = conn.execute(text("SELECT owner_id FROM sessions WHERE id = :s"),
+                             {"s": session_id}).scalar_one()
+    engine.dispose()
+    return str(owner)
+
+
+def _call(client: httpx.Client, sid: str, cid: int, tool: str, **arguments: object
+          ) -> httpx.Response:
+    return client.post(f"/v1/sessions/{sid}/calls",
+                       json={"tool": f"demo.{tool}", "client_call_id": cid,
+                             "arguments": arguments})
+
+
+def test_a_session_is_served_through_any_gateway(pair: tuple[LocalGateway, ...], key: str,
+                                                 pg_home: Path, ledger_url: str) -> None:
+    first, second = pair
+    with _client(first, key) as owner, _client(second, key) as other:
+        session = owner.post("/v1/sessions", json={}).json()
+        sid, tid = session["id"], session["turns"][0]["id"]
+        owner_id = _owner(ledger_url, sid)
+        assert _call(other, sid, 1, "create_order", customer="ann").json()["status"] == "held"
+        assert _call(other, sid, 2, "add_item", order_id="$1.order_id",
+                     sku="espresso").json()["status"] == "held"
+        amended = other.post(f"/v1/sessions/{sid}/calls", json={
+            "tool": "demo.add_item", "client_call_id": 2, "supersedes": 2,
+            "arguments": {"order_id": "$1.order_id", "sku": "grinder"}})
+        assert amended.status_code == 201 and amended.json()["status"] == "held"
+        assert _call(other, sid, 3, "place_order", order_id="$1.order_id",
+                     card_last4="4242").json()["status"] == "staged"
+        committed = other.post(f"/v1/sessions/{sid}/turns/{tid}/commit", json={})
+        assert committed.status_code == 200, committed.text
+        statuses = [c["status"] for c in committed.json()["calls"]]
+        assert statuses == ["committed", "cancelled", "committed", "committed"]
+        assert _owner(ledger_url, sid) == owner_id  # served by the owner, not taken over
+        assert other.get(f"/v1/sessions/{sid}").json()["turns"][0]["status"] == "committed"
+    after = shop_state(ledger_url)
+    reset_shop(ledger_url, make_settings(pg_home, ledger_url))
+    sequential_run(ledger_url, [
+        ("1", "create_order", {"customer": "ann"}),
+        ("2", "add_item", {"order_id": "$1.order_id", "sku": "grinder"}),
+        ("3", "place_order", {"order_id": "$1.order_id", "card_last4": "4242"})])
+    assert shop_state(ledger_url) == after
+
+
+def test_a_request_already_forwarded_is_not_forwarded_again(
+        pair: tuple[LocalGateway, ...], key: str) -> None:
+    first, second = pair
+    with _client(first, key) as owner, _client(second, key) as other:
+        sid = owner.post("/v1/sessions", json={}).json()["id"]
+        looped = other.post(f"/v1/sessions/{sid}/calls", headers={HEADER: "gw-x"}, json={
+            "tool": "demo.list_products", "client_call_id": 1, "arguments": {}})
+        assert looped.status_code == 503 and looped.headers["retry-after"] == "1"
+        assert looped.json()["error"]["code"] == "owner_moved"
+        assert owner.get(f"/v1/sessions/{sid}").json()["turns"][0]["calls"] == []
+
+
+def test_a_dead_owner_gives_a_retryable_503_then_its_session_goes_on(
+        pair: tuple[LocalGateway, ...], key: str, ledger_url: str) -> None:
+    first, second = pair
+    with _client(first, key) as owner, _client(second, key) as other:
+        session = owner.post("/v1/sessions", json={}).json()
+        sid, tid = session["id"], session["turns"][0]["id"]
+        assert _call(owner, sid, 1, "create_order", customer="bo").json()["status"] == "held"
+        owner_id = _owner(ledger_url, sid)
+        first.kill()
+        killed_at = time.monotonic()
+        refused = 0
+        while True:
+            answer = other.post(f"/v1/sessions/{sid}/turns/{tid}/cancel", json={})
+            if answer.status_code != 503:
+                break
+            assert answer.headers["retry-after"] == "1"
+            assert answer.json()["error"]["code"] == "owner_unreachable"
+            refused += 1
+            assert time.monotonic() - killed_at < LEASE_S + 10, "never taken over"
+            time.sleep(0.2)
+        usable_after = time.monotonic() - killed_at
+        print(f"usable through the other gateway {usable_after:.2f} s after the kill "
+              f"(lease {LEASE_S} s, {refused} retryable 503s)")
+        # The takeover recovered the dead owner's turn: aborted, its held effect rolled back.
+        assert answer.status_code == 409, answer.text
+        turn = other.get(f"/v1/sessions/{sid}").json()["turns"][0]
+        assert turn["status"] == "aborted" and turn["calls"][0]["status"] == "aborted"
+        assert _owner(ledger_url, sid) != owner_id and shop_state(ledger_url)["demo_orders"] == []
+        opened = other.post(f"/v1/sessions/{sid}/turns", json={})
+        assert opened.status_code == 201, opened.text
+        assert _call(other, sid, 1, "list_products").json()["status"] == "succeeded"
