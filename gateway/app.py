@@ -27,6 +27,7 @@ from gateway.calls.settled import SettleListener
 from gateway.config import Settings, get_settings
 from gateway.db import Databases
 from gateway.errors import SpecgateError, database_unavailable, error_response
+from gateway.presence import PresenceLock
 from gateway.runtime import Runtime, default_gateway_id
 from gateway.sessions import fastpath, forwarding
 from gateway.sessions import router as sessions_router
@@ -44,20 +45,31 @@ class Maintenance:
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        self.presence = PresenceLock(rt.dbs.driver_dsn, rt.gateway_id)
+        self._present = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="specgate-reconciler",
                                         daemon=True)
 
     def start(self) -> None:
-        self.rt.heartbeat()
+        self._beat()
         recovery.reconcile(self.rt, startup=True)
         self._thread.start()
+
+    def _beat(self) -> None:
+        """Keep the presence lock and heartbeat. Losing the lock (a reconnect) means others may
+        have taken sessions over: this gateway claims each again on its next request."""
+        present = self.presence.hold()
+        if self._present and not present:
+            self.rt.forget_ownership()
+        self._present = present
+        self.rt.heartbeat(presence=present)
 
     def _loop(self) -> None:
         period = self.rt.settings.reaper_period_s
         while not self._stop.wait(min(period, self.rt.settings.owner_lease_s / 3)):
             try:
-                self.rt.heartbeat()
+                self._beat()
                 recovery.reconcile(self.rt)
             except Exception:
                 log.exception("reconciler pass failed; retrying next period")
@@ -66,6 +78,7 @@ class Maintenance:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
+        self.presence.release()
 
 
 class GatewayApp(FastAPI):

@@ -27,6 +27,7 @@ from sqlalchemy import text
 from gateway.config import Settings
 from gateway.db import Databases
 from gateway.errors import Conflict, NotFound
+from gateway.presence import ALIVE
 
 if TYPE_CHECKING:  # types only: the parts are built by gateway.app.create_runtime
     from gateway.calls.settled import SettleListener
@@ -36,13 +37,11 @@ if TYPE_CHECKING:  # types only: the parts are built by gateway.app.create_runti
     from gateway.transactions.holder import HeldTurns
 
 _CLAIM = text(
-    """
+    f"""
     UPDATE sessions s SET owner_id = :me, owner_seen_at = now()
      WHERE s.id = :sid AND s.tenant = :tenant AND (
            s.owner_id IS NULL OR s.owner_id = :me OR NOT EXISTS (
-               SELECT 1 FROM gateways g
-                WHERE g.id = s.owner_id
-                  AND g.heartbeat_at > now() - make_interval(secs => :lease)))
+               SELECT 1 FROM gateways g WHERE g.id = s.owner_id AND {ALIVE}))
     RETURNING (SELECT owner_id FROM sessions WHERE id = :sid) AS previous
     """
 )
@@ -165,17 +164,25 @@ class Runtime:
     def forget_scope(self, session_id: str) -> None:
         self.scopes.pop(session_id, None)
 
-    def heartbeat(self) -> None:
+    def heartbeat(self, presence: bool = False) -> None:
+        """Mark this gateway alive; ``presence``: it holds its presence lock now."""
         with self.dbs.ledger.begin() as conn:
             conn.execute(
                 text(
-                    "INSERT INTO gateways (id, host, pid, url, started_at, heartbeat_at) "
-                    "VALUES (:id, :host, :pid, :url, now(), now()) ON CONFLICT (id) DO UPDATE "
-                    "SET heartbeat_at = now(), pid = EXCLUDED.pid, url = EXCLUDED.url"
+                    "INSERT INTO gateways (id, host, pid, url, presence, started_at, heartbeat_at)"
+                    " VALUES (:id, :host, :pid, :url, :presence, now(), now()) ON CONFLICT (id) "
+                    "DO UPDATE SET heartbeat_at = now(), pid = EXCLUDED.pid, url = EXCLUDED.url, "
+                    "presence = EXCLUDED.presence"
                 ),
                 {"id": self.gateway_id, "host": socket.gethostname(), "pid": os.getpid(),
-                 "url": self.advertise_url},
+                 "url": self.advertise_url, "presence": presence},
             )
+
+    def forget_ownership(self) -> None:
+        """Claim every session again on its next request (the presence lock was lost, so
+        another gateway may have taken some over meanwhile)."""
+        self._owned.clear()
+        self.scopes.clear()
 
     def publish(self, call_ids: Sequence[str]) -> None:
         """Ring the tool worker for calls whose outbox rows have just been committed."""

@@ -173,7 +173,7 @@ def test_the_cycle_check_finds_a_lazy_cycle(tmp_path: Path) -> None:
 
 def test_the_runtime_imports_no_domain_module() -> None:
     """``gateway.runtime`` holds the per-process state every domain uses: plumbing only."""
-    plumbing = {"gateway.config", "gateway.db", "gateway.errors"}
+    plumbing = {"gateway.config", "gateway.db", "gateway.errors", "gateway.presence"}
     imported = {module for _, module in imports_of(ROOT / "gateway" / "runtime.py", ROOT,
                                                    typing=False)
                 if module.startswith("gateway")}

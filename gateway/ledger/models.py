@@ -22,6 +22,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     func,
     text,
 )
@@ -60,6 +61,8 @@ class Gateway(Base):
     heartbeat_at: Mapped[datetime] = _now()
     # Where other gateways forward requests for the sessions this one owns (migration 0005).
     url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # It holds its presence lock (gateway.presence): dead as soon as Postgres drops the lock.
+    presence: Mapped[bool] = mapped_column(Boolean, server_default=false(), default=False)
 
 
 class WorkerHeartbeat(Base):

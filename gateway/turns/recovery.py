@@ -30,6 +30,7 @@ from gateway.errors import Conflict
 from gateway.ledger.rows import TurnScope, load_scope
 from gateway.ledger.states import CallStatus, TurnStatus
 from gateway.ledger.transitions import now
+from gateway.presence import ALIVE
 from gateway.runtime import Runtime
 from gateway.transactions.decision import (
     ABORT,
@@ -50,10 +51,8 @@ PREPARED_GRACE_S = 30.0
 
 
 def _dead_owner_clause() -> str:
-    return (
-        "(s.owner_id IS NULL OR NOT EXISTS (SELECT 1 FROM gateways g WHERE g.id = s.owner_id "
-        "AND g.heartbeat_at > now() - make_interval(secs => :lease)))"
-    )
+    return ("(s.owner_id IS NULL OR NOT EXISTS (SELECT 1 FROM gateways g WHERE g.id = s.owner_id "
+            f"AND {ALIVE}))")
 
 
 def reconcile(rt: Runtime, *, startup: bool = False) -> dict[str, int]:

@@ -1,7 +1,8 @@
 """Any gateway answers any request: two real ``specgate serve`` processes on one Postgres, a
 session owned by the first, every request of it sent to the second (as a load balancer without
-affinity would). The second forwards to the owner; a dead owner gives a retryable 503 until its
-lease lapses, then the session is taken over and goes on."""
+affinity would). The second forwards to the owner; a killed owner is seen dead as soon as
+Postgres drops its presence lock (not after its 15 s lease), and its session goes on through the
+other gateway, the turn it held aborted."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from lab.servers import LocalGateway
 from tests.conftest import make_settings, reset_shop
 from tests.gateway.helpers import sequential_run, shop_state
 
-LEASE_S = 2.0
+LEASE_S = 15.0  # the default: failover must not wait for it
 
 
 @pytest.fixture
@@ -113,7 +114,7 @@ def test_a_request_already_forwarded_is_not_forwarded_again(
         assert owner.get(f"/v1/sessions/{sid}").json()["turns"][0]["calls"] == []
 
 
-def test_a_dead_owner_gives_a_retryable_503_then_its_session_goes_on(
+def test_a_killed_owner_s_session_goes_on_through_another_gateway_at_once(
         pair: tuple[LocalGateway, ...], key: str, ledger_url: str) -> None:
     first, second = pair
     with _client(first, key) as owner, _client(second, key) as other:
@@ -131,11 +132,14 @@ def test_a_dead_owner_gives_a_retryable_503_then_its_session_goes_on(
             assert answer.headers["retry-after"] == "1"
             assert answer.json()["error"]["code"] == "owner_unreachable"
             refused += 1
-            assert time.monotonic() - killed_at < LEASE_S + 10, "never taken over"
-            time.sleep(0.2)
+            assert time.monotonic() - killed_at < LEASE_S, "taken over only by the lease"
+            time.sleep(0.1)
         usable_after = time.monotonic() - killed_at
         print(f"usable through the other gateway {usable_after:.2f} s after the kill "
               f"(lease {LEASE_S} s, {refused} retryable 503s)")
+        # Postgres drops a dead gateway's presence lock within a second or so; the bound here
+        # leaves room for a loaded machine and still fails if failover waits for the lease.
+        assert usable_after < 5.0
         # The takeover recovered the dead owner's turn: aborted, its held effect rolled back.
         assert answer.status_code == 409, answer.text
         turn = other.get(f"/v1/sessions/{sid}").json()["turns"][0]
