@@ -12,7 +12,8 @@ escapes a route is a bug and becomes a 500 without hiding it from the logs.
      ├── Forbidden             403  forbidden
      ├── NotFound              404  not_found
      ├── Conflict              409  conflict             (state does not allow it)
-     │    └── IdempotencyMismatch 409 idempotency_key_reused
+     │    ├── IdempotencyMismatch 409 idempotency_key_reused
+     │    └── ledger.transitions.StaleTransition 409 stale_state (another writer won)
      └── Unavailable           429/503 capacity          (bounded resources exhausted, the
                                                          database or an owner unreachable;
                                                          answered with Retry-After)

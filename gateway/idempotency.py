@@ -18,7 +18,7 @@ from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from starlette.responses import Response
 
-from gateway.errors import Conflict, IdempotencyMismatch, SpecgateError
+from gateway.errors import Conflict, IdempotencyMismatch, SpecgateError, error_response
 from gateway.ledger import models
 
 TABLE = models.table_of(models.IdempotencyRecord)
@@ -78,5 +78,5 @@ def _respond(handler: Callable[[], tuple[int, Any]]) -> Response:
     try:
         status, body = handler()
     except SpecgateError as error:
-        return _json(error.status_code, error.to_body())
+        return error_response(error)  # with its Retry-After, when it has one
     return _json(status, body)

@@ -24,6 +24,7 @@ from sqlalchemy import Connection, Table
 from sqlalchemy.dialects.postgresql import JSONB
 
 from gateway.db import driver
+from gateway.errors import Conflict
 from gateway.ledger import models
 from gateway.ledger.audit import Subject, canonical
 from gateway.ledger.states import call_move_allowed, turn_move_allowed
@@ -31,8 +32,12 @@ from gateway.ledger.states import call_move_allowed, turn_move_allowed
 LedgerConn = Connection | psycopg.Connection[Any]
 
 
-class StaleTransition(Exception):
-    """The row was not in the expected status: another writer got there first."""
+class StaleTransition(Conflict):
+    """The row was not in the expected status: another writer got there first (a concurrent
+    request, the reaper, or another gateway that took the session over). Answered 409
+    ``stale_state``: the client reads the turn again."""
+
+    code = "stale_state"
 
 
 class IllegalTransition(Exception):

@@ -32,10 +32,17 @@ from gateway.calls.execution import Outcome, run_db_tool
 from gateway.errors import Conflict, InvalidArguments
 from gateway.ledger.rows import CallRow, TurnScope
 from gateway.ledger.states import CallStatus, TurnStatus
-from gateway.ledger.transitions import CallMove, now, transition_calls, transition_turn
+from gateway.ledger.transitions import (
+    CallMove,
+    StaleTransition,
+    now,
+    transition_calls,
+    transition_turn,
+)
 from gateway.runtime import Runtime
 from gateway.transactions import twophase
 from gateway.transactions.decision import APPROVAL, COMMIT, write_decision
+from gateway.turns import service as turns_service
 from gateway.turns.service import abort_turn, move_turn
 
 log = logging.getLogger("specgate.turns")
@@ -63,7 +70,13 @@ def commit_turn(rt: Runtime, scope: TurnScope, keep: list[str] | None) -> TurnSc
                        "settled, or cancel them", code="calls_unsettled")
     kept = _kept(scope, keep)
     started = time.perf_counter()
-    move_turn(rt, scope.turn, T.COMMITTING)
+    try:
+        move_turn(rt, scope.turn, T.COMMITTING)
+    except StaleTransition:
+        # Decided elsewhere (cancelled, expired, or aborted by a gateway that took the session
+        # over): what this gateway still holds of the turn can never commit.
+        turns_service.release_hold(rt, scope.turn.id)
+        raise
     dispatch: list[str] = []
     try:
         kept_ids = {c.id for c in kept}

@@ -182,11 +182,13 @@ def _cancel_idle(rt: Runtime, counts: dict[str, int]) -> None:
                 continue
             rt.forget_scope(row.session_id)
             scope = turns_service.reload(rt, row.tenant, row.session_id, turn_id)
-            if scope.turn.status == T.OPEN:
-                turns_service.cancel_turn(
-                    rt, scope, f"no request for {idle_s:g} s (SPECGATE_TURN_IDLE_S): the "
-                    "turn was abandoned; its held effects were rolled back")
-                counts["idle_turns"] += 1
+            if scope.turn.status != T.OPEN:  # decided without this gateway (taken over)
+                turns_service.release_hold(rt, turn_id)
+                continue
+            turns_service.cancel_turn(
+                rt, scope, f"no request for {idle_s:g} s (SPECGATE_TURN_IDLE_S): the turn was "
+                "abandoned; its held effects were rolled back")
+            counts["idle_turns"] += 1
 
 
 def _reap(rt: Runtime, counts: dict[str, int]) -> None:

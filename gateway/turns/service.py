@@ -67,6 +67,17 @@ def move_turn(rt: Runtime, turn: TurnRow, target: str, **values: Any) -> None:
     turn.status = target
 
 
+def release_hold(rt: Runtime, turn_id: str) -> None:
+    """Roll back and let go of what this gateway holds of a turn the ledger has decided
+    without it (nothing prepared is touched: a prepared transaction's fate is its decision)."""
+    hold = rt.holds.get(turn_id)
+    if hold is None:
+        return
+    if not any(held.prepared for held in hold.connections.values()):
+        hold.rollback()
+    rt.holds.drop(turn_id)
+
+
 def end_turn(rt: Runtime, scope: TurnScope, via: str | None, target: str, call_target: str,
               reason: str) -> None:
     """Roll back what the turn holds and move every live call and the turn to a final state."""

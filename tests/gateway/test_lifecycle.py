@@ -102,7 +102,7 @@ def test_held_transactions_are_bounded_with_a_clear_429(gateway_factory: Any, pg
     sid, _ = sessions[2]
     response = api.post(f"/v1/sessions/{sid}/calls", {
         "tool": "demo.create_order", "client_call_id": 1, "arguments": {"customer": "c"}})
-    assert response.status_code == 429
+    assert response.status_code == 429 and response.headers["retry-after"] == "1"
     error = response.json()["error"]
     assert error["code"] == "held_transactions_exhausted" and error["details"]["bound"] == 2
     assert api.get(f"/v1/sessions/{sid}").json()["turns"][0]["calls"] == []

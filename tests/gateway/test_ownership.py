@@ -57,3 +57,39 @@ def test_second_gateway_refuses_then_takes_over_a_dead_owners_session(
     assert other.get(f"/v1/sessions/{sid}").json()["turns"][0] == turn  # nothing left to do
     next_turn = other.post(f"/v1/sessions/{sid}/turns", {}, expect=201).json()
     assert next_turn["seq"] == 2
+
+
+def test_a_gateway_that_lost_its_session_commits_nothing_and_lets_go(
+        gateway_factory: Any, pg_home: Path, ledger_url: str) -> None:
+    """The owner was paused past its lease: another gateway took the session over and aborted
+    the turn. The old owner, resumed, still holds the turn's transaction in memory; its commit
+    is refused (409 ``stale_state``, JSON), nothing of the turn is committed, and its held
+    connection is released."""
+    settings = make_settings(pg_home, ledger_url, owner_lease_s=30)
+    reset_shop(ledger_url, settings)
+    engine = make_engine(ledger_url, pool_size=1)
+    _, key = create_key(engine, f"t-{uuid.uuid4().hex[:6]}", "app")
+    engine.dispose()
+    first, second = gateway_factory(settings), gateway_factory(settings)
+    for client in (first, second):
+        client.app.state.runtime.heartbeat()
+    stale, other = Api(first, key), Api(second, key)
+    before = shop_state(ledger_url)
+    sid, tid = stale.session()
+    stale.call(sid, 1, "create_order", arguments={"customer": "ann"})
+    first_rt = first.app.state.runtime
+    raw = create_engine(ledger_url, poolclass=NullPool)
+    with raw.begin() as conn:  # the pause: its heartbeat stops, its lease lapses
+        conn.execute(text("UPDATE gateways SET heartbeat_at = now() - interval '1 hour' "
+                          "WHERE id = :id"), {"id": first_rt.gateway_id})
+    raw.dispose()
+    other.call(sid, 2, "list_products", expect=409)  # the takeover aborts the turn
+    assert other.get(f"/v1/sessions/{sid}").json()["turns"][0]["status"] == "aborted"
+
+    refused = stale.post(f"/v1/sessions/{sid}/turns/{tid}/commit", {})
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["code"] == "stale_state"
+    assert first_rt.holds.held_connections == 0
+    turn = other.get(f"/v1/sessions/{sid}").json()["turns"][0]
+    assert turn["status"] == "aborted" and turn["calls"][0]["status"] == "aborted"
+    assert shop_state(ledger_url) == before
