@@ -9,6 +9,7 @@ connection; ``up()`` listens again on the same port.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import selectors
 import socket
 import threading
@@ -99,3 +100,19 @@ class CuttableProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.down()
+
+
+class RoundRobinProxy(CuttableProxy):
+    """A stock per-connection round-robin balancer in miniature: each new connection goes to
+    the next of ``targets``, with no affinity of any kind. A client that opens a connection per
+    request (no keep-alive) so sees every request land on another server."""
+
+    def __init__(self, targets: list[tuple[str, int]]) -> None:
+        super().__init__(targets[0])
+        self._targets = itertools.cycle(targets)
+        self._next_lock = threading.Lock()
+
+    def _connect_target(self) -> socket.socket:
+        with self._next_lock:
+            target = next(self._targets)
+        return socket.create_connection(target)

@@ -1,0 +1,120 @@
+"""Three real gateways on one Postgres behind a per-connection round-robin balancer, clients
+opening a connection per request: every request of a session lands on any gateway, as behind a
+plain load balancer or a Kubernetes Service. Every session must still complete, and the shop
+must be what a sequential run of the kept calls gives."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+from gateway.auth.service import create_key
+from gateway.db import make_engine
+from lab.servers import LocalGateway
+from tests.conftest import make_settings, reset_shop
+from tests.gateway.helpers import sequential_run, shop_state
+from tests.support.proxy import RoundRobinProxy
+
+SESSIONS = 20
+
+
+def _seed_products(url: str) -> None:
+    """A product per session: a held add_item locks its product's row until commit, so a
+    shared one would measure that queue, not the gateways."""
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.begin() as conn:
+        for i in range(SESSIONS):
+            conn.execute(text("INSERT INTO demo_products (sku, name, price_cents, stock) "
+                              "VALUES (:sku, :name, 500, 100)"),
+                         {"sku": f"p{i:02d}", "name": f"product {i}"})
+    engine.dispose()
+
+
+@pytest.fixture
+def balancer(pg_home: Path, ledger_url: str, tmp_path: Path) -> Iterator[str]:
+    reset_shop(ledger_url, make_settings(pg_home, ledger_url))
+    _seed_products(ledger_url)
+    env = {"SPECGATE_HOME": str(pg_home), "SPECGATE_DATABASE_URL": ledger_url,
+           "SPECGATE_ADAPTERS": '["demo"]'}
+    gateways = [LocalGateway(env=env, log_path=tmp_path / f"gateway-{i}.log") for i in range(3)]
+    try:
+        for gateway in gateways:
+            gateway.start()
+        with RoundRobinProxy([("127.0.0.1", g.port) for g in gateways]) as proxy:
+            yield f"http://127.0.0.1:{proxy.port}"
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+
+
+def _steps(i: int) -> list[tuple[str, dict[str, Any], int]]:
+    """(path suffix, body, expected status) of session i's turn: open (with the session), 3
+    reversible calls, an amendment, 1 sensitive, commit."""
+    sku, order = f"p{i:02d}", "$1.order_id"
+    call = "/calls"
+    return [
+        (call, {"tool": "demo.create_order", "client_call_id": 1,
+                "arguments": {"customer": f"c{i:02d}"}}, 201),
+        (call, {"tool": "demo.add_item", "client_call_id": 2,
+                "arguments": {"order_id": order, "sku": sku}}, 201),
+        (call, {"tool": "demo.add_item", "client_call_id": 3,
+                "arguments": {"order_id": order, "sku": sku, "quantity": 2}}, 201),
+        (call, {"tool": "demo.add_item", "client_call_id": 3, "supersedes": 3,
+                "arguments": {"order_id": order, "sku": sku, "quantity": 3}}, 201),
+        (call, {"tool": "demo.place_order", "client_call_id": 4,
+                "arguments": {"order_id": order, "card_last4": "4242"}}, 201),
+    ]
+
+
+def _session(base: str, key: str, i: int) -> list[str]:
+    """Run session i through the balancer; the statuses of its committed turn's calls."""
+    # No keep-alive: a connection per request, so the balancer spreads every request.
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60,
+                      limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        created = client.post("/v1/sessions", json={})
+        assert created.status_code == 201, created.text
+        sid, tid = created.json()["id"], created.json()["turns"][0]["id"]
+        for suffix, body, expected in _steps(i):
+            answer = client.post(f"/v1/sessions/{sid}{suffix}", json=body)
+            assert answer.status_code == expected, (i, body, answer.text)
+        committed = client.post(f"/v1/sessions/{sid}/turns/{tid}/commit", json={})
+        assert committed.status_code == 200, (i, committed.text)
+        return [c["status"] for c in committed.json()["calls"]]
+
+
+def test_twenty_sessions_through_three_gateways_without_affinity(
+        balancer: str, pg_home: Path, ledger_url: str) -> None:
+    tenant = f"scale-{uuid.uuid4().hex[:6]}"
+    engine = make_engine(ledger_url, pool_size=1)
+    _, key = create_key(engine, tenant, "app")
+    engine.dispose()
+    with ThreadPoolExecutor(SESSIONS) as pool:
+        results = list(pool.map(lambda i: _session(balancer, key, i), range(SESSIONS)))
+    assert results == [["committed", "committed", "cancelled", "committed", "committed"]
+                       ] * SESSIONS  # the amended add_item cancelled, its successor kept
+    raw = create_engine(ledger_url, poolclass=NullPool)
+    with raw.connect() as conn:  # sessions were opened on every gateway: most requests of
+        owners = conn.execute(text(  # each reached a gateway that did not own it
+            "SELECT count(DISTINCT owner_id) FROM sessions WHERE tenant = :t"),
+            {"t": tenant}).scalar_one()
+    raw.dispose()
+    assert owners == 3
+    after = shop_state(ledger_url)
+    reset_shop(ledger_url, make_settings(pg_home, ledger_url))
+    _seed_products(ledger_url)
+    for i in range(SESSIONS):
+        sku, order = f"p{i:02d}", "$1.order_id"
+        sequential_run(ledger_url, [
+            ("1", "create_order", {"customer": f"c{i:02d}"}),
+            ("2", "add_item", {"order_id": order, "sku": sku}),
+            ("3", "add_item", {"order_id": order, "sku": sku, "quantity": 3}),
+            ("4", "place_order", {"order_id": order, "card_last4": "4242"})])
+    assert shop_state(ledger_url) == after
