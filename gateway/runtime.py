@@ -6,9 +6,12 @@ types), so every domain may depend on it and it on none of them.
 
 Requests of one session are serialised by a per-session lock, because a session's open turn
 owns one database connection that cannot run two statements at once. Sessions are owned by one
-gateway at a time through a lease (``sessions.owner_id`` + the owner's heartbeat row in
-``gateways``); a request for a session that a live gateway owns is refused with 409
-``session_owned_elsewhere`` naming the owner, so a load balancer can route it there.
+gateway at a time (``sessions.owner_id``), alive while its heartbeat is fresh and Postgres holds
+its presence lock (``gateway.presence``); a request for a session that another live gateway owns
+is refused with 409 ``session_owned_elsewhere`` naming the owner and its address, which the
+gateway's front (``gateway.sessions.forwarding``) turns into a forward. Ownership is cached for
+``owner_recheck_s`` only, then claimed again: a gateway that was paused while another took its
+sessions over learns it on its next request, instead of serving from a stale belief.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -127,7 +131,8 @@ class Runtime:
     advertise_url: str | None = None  # where other gateways forward this one's sessions
     session_lock: SessionLocks = field(default_factory=SessionLocks)
     # Both caches are bounded: an evicted session is claimed or read again on its next request.
-    _owned: LruDict[str, str] = field(default_factory=lambda: LruDict(100_000))  # id → tenant
+    # session id → (tenant, when to claim it again, time.monotonic())
+    _owned: LruDict[str, tuple[str, float]] = field(default_factory=lambda: LruDict(100_000))
     # The latest turn of each owned session, as the ledger has it: the services keep it in
     # step as they write (they are the only writers while this gateway owns the session), so a
     # request does not read the turn's calls again. Dropped on any error or outside write.
@@ -138,16 +143,19 @@ class Runtime:
         Raises NotFound for a session of another tenant, as if it did not exist."""
         known = self._owned.get(session_id)
         if known is not None:
-            if known != tenant:
+            if known[0] != tenant:
                 raise NotFound(f"session {session_id!r} not found")
-            return None
+            if time.monotonic() < known[1]:
+                return None
         with self.dbs.ledger.begin() as conn:
             row = conn.execute(
                 _CLAIM,
                 {"me": self.gateway_id, "sid": session_id, "tenant": tenant,
                  "lease": self.settings.owner_lease_s},
             ).first()
-            if row is None:
+            if row is None:  # not ours (any more): forget what we believed of it
+                self._owned.pop(session_id, None)
+                self.scopes.pop(session_id, None)
                 owner = conn.execute(_OWNER, {"sid": session_id, "tenant": tenant}).first()
                 if owner is None:
                     raise NotFound(f"session {session_id!r} not found")
@@ -157,7 +165,7 @@ class Runtime:
                     owner=owner.owner_id,
                     owner_url=owner.url,
                 )
-        self._owned[session_id] = tenant
+        self._owned[session_id] = (tenant, time.monotonic() + self.settings.owner_recheck_s)
         previous = row.previous
         return previous if previous not in (None, self.gateway_id) else None
 

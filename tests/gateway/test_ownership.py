@@ -3,6 +3,7 @@ take it over, recovering its held turn, once the owner's heartbeat is gone."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -64,8 +65,9 @@ def test_a_gateway_that_lost_its_session_commits_nothing_and_lets_go(
     """The owner was paused past its lease: another gateway took the session over and aborted
     the turn. The old owner, resumed, still holds the turn's transaction in memory; its commit
     is refused (409 ``stale_state``, JSON), nothing of the turn is committed, and its held
-    connection is released."""
-    settings = make_settings(pg_home, ledger_url, owner_lease_s=30)
+    connection is released. (Its ownership re-check is set far off: the commit comes while it
+    still believes it owns the session.)"""
+    settings = make_settings(pg_home, ledger_url, owner_lease_s=30, owner_recheck_s=600)
     reset_shop(ledger_url, settings)
     engine = make_engine(ledger_url, pool_size=1)
     _, key = create_key(engine, f"t-{uuid.uuid4().hex[:6]}", "app")
@@ -93,3 +95,33 @@ def test_a_gateway_that_lost_its_session_commits_nothing_and_lets_go(
     turn = other.get(f"/v1/sessions/{sid}").json()["turns"][0]
     assert turn["status"] == "aborted" and turn["calls"][0]["status"] == "aborted"
     assert shop_state(ledger_url) == before
+
+
+def test_a_gateway_checks_its_ownership_again_and_stops_serving_a_lost_session(
+        gateway_factory: Any, pg_home: Path, ledger_url: str) -> None:
+    """Past ``owner_recheck_s`` a gateway claims its session again: one taken over meanwhile
+    is refused (here 409 naming the new owner; a served gateway forwards to it), and the old
+    owner opens no turn of it."""
+    settings = make_settings(pg_home, ledger_url, owner_lease_s=30, owner_recheck_s=0.2)
+    engine = make_engine(ledger_url, pool_size=1)
+    _, key = create_key(engine, f"t-{uuid.uuid4().hex[:6]}", "app")
+    engine.dispose()
+    first, second = gateway_factory(settings), gateway_factory(settings)
+    for client in (first, second):
+        client.app.state.runtime.heartbeat()
+    old, new = Api(first, key), Api(second, key)
+    sid, tid = old.session()
+    old.call(sid, 1, "list_products")
+    raw = create_engine(ledger_url, poolclass=NullPool)
+    with raw.begin() as conn:
+        conn.execute(text("UPDATE gateways SET heartbeat_at = now() - interval '1 hour' "
+                          "WHERE id = :id"), {"id": first.app.state.runtime.gateway_id})
+    raw.dispose()
+    new.commit(sid, tid)  # the takeover: the session is the second gateway's now
+    time.sleep(0.3)  # past the first gateway's re-check
+    refused = old.post(f"/v1/sessions/{sid}/turns", {})
+    assert refused.status_code == 409, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "session_owned_elsewhere"
+    assert error["details"]["owner"] == second.app.state.runtime.gateway_id
+    assert [t["status"] for t in new.get(f"/v1/sessions/{sid}").json()["turns"]] == ["committed"]
