@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     lock_timeout_ms: int = Field(default=2000, ge=1, description="lock_timeout on held turns.")
     reaper_period_s: float = Field(default=5.0, gt=0, description="Reconciler/reaper period.")
     owner_lease_s: float = Field(default=15.0, gt=0, description="Session owner lease length.")
+    drain_grace_s: float = Field(
+        default=20.0, ge=0, description="On SIGTERM, how long specgate serve lets open turns "
+        "finish before it cancels them, lets its sessions go and exits.")
     owner_recheck_s: float = Field(
         default=1.0, gt=0, description="How long a gateway trusts that it still owns a session "
         "before it claims it again in the ledger (one statement per session at most this often).")

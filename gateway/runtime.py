@@ -30,7 +30,7 @@ from sqlalchemy import text
 
 from gateway.config import Settings
 from gateway.db import Databases
-from gateway.errors import Conflict, NotFound
+from gateway.errors import Conflict, NotFound, Unavailable
 from gateway.presence import ALIVE
 
 if TYPE_CHECKING:  # types only: the parts are built by gateway.app.create_runtime
@@ -43,9 +43,9 @@ if TYPE_CHECKING:  # types only: the parts are built by gateway.app.create_runti
 _CLAIM = text(
     f"""
     UPDATE sessions s SET owner_id = :me, owner_seen_at = now()
-     WHERE s.id = :sid AND s.tenant = :tenant AND (
-           s.owner_id IS NULL OR s.owner_id = :me OR NOT EXISTS (
-               SELECT 1 FROM gateways g WHERE g.id = s.owner_id AND {ALIVE}))
+     WHERE s.id = :sid AND s.tenant = :tenant AND (s.owner_id = :me OR (NOT :draining AND (
+           s.owner_id IS NULL OR NOT EXISTS (
+               SELECT 1 FROM gateways g WHERE g.id = s.owner_id AND {ALIVE}))))
     RETURNING (SELECT owner_id FROM sessions WHERE id = :sid) AS previous
     """
 )
@@ -129,6 +129,7 @@ class Runtime:
     publisher: LazyPublisher  # rings the tool worker (gateway.tasks.outbox)
     gateway_id: str
     advertise_url: str | None = None  # where other gateways forward this one's sessions
+    draining: bool = False  # stopping (gateway.sessions.drain): it takes no session or turn
     session_lock: SessionLocks = field(default_factory=SessionLocks)
     # Both caches are bounded: an evicted session is claimed or read again on its next request.
     # session id → (tenant, when to claim it again, time.monotonic())
@@ -151,11 +152,14 @@ class Runtime:
             row = conn.execute(
                 _CLAIM,
                 {"me": self.gateway_id, "sid": session_id, "tenant": tenant,
-                 "lease": self.settings.owner_lease_s},
+                 "lease": self.settings.owner_lease_s, "draining": self.draining},
             ).first()
             if row is None:  # not ours (any more): forget what we believed of it
                 self._owned.pop(session_id, None)
                 self.scopes.pop(session_id, None)
+                if self.draining:
+                    raise Unavailable("this gateway is shutting down and takes no session; "
+                                      "retry", code="draining", status_code=503)
                 owner = conn.execute(_OWNER, {"sid": session_id, "tenant": tenant}).first()
                 if owner is None:
                     raise NotFound(f"session {session_id!r} not found")
@@ -185,6 +189,15 @@ class Runtime:
                 {"id": self.gateway_id, "host": socket.gethostname(), "pid": os.getpid(),
                  "url": self.advertise_url, "presence": presence},
             )
+
+    def disown(self, session_id: str) -> None:
+        """Let the session go (call under its lock): any gateway may claim it next."""
+        with self.dbs.ledger.begin() as conn:
+            conn.execute(text("UPDATE sessions SET owner_id = NULL "
+                              "WHERE id = :sid AND owner_id = :me"),
+                         {"sid": session_id, "me": self.gateway_id})
+        self._owned.pop(session_id, None)
+        self.scopes.pop(session_id, None)
 
     def forget_ownership(self) -> None:
         """Claim every session again on its next request (the presence lock was lost, so

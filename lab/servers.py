@@ -24,6 +24,10 @@ class LocalGateway(ChildProcess):
     worker: bool = False
     what = "gateway"
 
+    def __post_init__(self) -> None:
+        # A lab gateway is stopped at once: no drain grace unless the caller sets one.
+        self.env = {"SPECGATE_DRAIN_GRACE_S": "0", **self.env}
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"

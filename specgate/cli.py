@@ -91,6 +91,7 @@ def serve(host: str = "127.0.0.1", port: int = 8080,
     from gateway.children import LocalWorker, exit_on_sigterm
     from gateway.migrate import migrate_all
     from gateway.runtime import default_gateway_id
+    from gateway.sessions.drain import DrainingServer
 
     _logging(verbose)
     settings = get_settings()
@@ -105,8 +106,9 @@ def serve(host: str = "127.0.0.1", port: int = 8080,
     try:
         application = create_app(settings, gateway_id=default_gateway_id(port),
                                  advertise_url=_advertised(host, port))
-        uvicorn.run(application, host=host, port=port,
-                    log_level="info" if verbose else "warning")
+        config = uvicorn.Config(application, host=host, port=port,
+                                log_level="info" if verbose else "warning")
+        DrainingServer(config, application, settings.drain_grace_s).run()
     finally:
         if child is not None:
             child.stop()

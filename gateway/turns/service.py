@@ -15,7 +15,7 @@ from sqlalchemy import Connection
 
 from gateway import metrics
 from gateway.calls import service as calls_service
-from gateway.errors import Conflict
+from gateway.errors import Conflict, Unavailable
 from gateway.ledger import models
 from gateway.ledger.rows import TurnRow, TurnScope, load_scope, load_turn
 from gateway.ledger.states import RESOLVED_TURN_STATUSES, CallStatus, TurnStatus
@@ -47,7 +47,12 @@ def insert_turn(conn: Connection, rt: Runtime, tenant: str, session_id: str,
 
 def open_next_turn(rt: Runtime, tenant: str, session_id: str) -> TurnScope:
     """Open the session's next turn (under the session's lock) and keep it as the session's
-    scope: the first call of the turn then needs no read of the ledger."""
+    scope: the first call of the turn then needs no read of the ledger. A draining gateway
+    opens none: it lets the session go, and the client's retry reaches a gateway that stays."""
+    if rt.draining:
+        rt.disown(session_id)
+        raise Unavailable("this gateway is shutting down; retry and another gateway opens the "
+                          "turn", code="draining", status_code=503)
     rt.forget_scope(session_id)
     with rt.dbs.ledger.begin() as conn:
         last = load_turn(conn, tenant, session_id, None)
