@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     lock_timeout_ms: int = Field(default=2000, ge=1, description="lock_timeout on held turns.")
     reaper_period_s: float = Field(default=5.0, gt=0, description="Reconciler/reaper period.")
     owner_lease_s: float = Field(default=15.0, gt=0, description="Session owner lease length.")
+    session_idle_s: float = Field(
+        default=120.0, gt=0, description="A session with no request for this long, and no turn "
+        "holding a transaction, is let go by its gateway, so new and rebalanced gateways get "
+        "work (its next request is served by whichever gateway it reaches).")
     drain_grace_s: float = Field(
         default=20.0, ge=0, description="On SIGTERM, how long specgate serve lets open turns "
         "finish before it cancels them, lets its sessions go and exits.")

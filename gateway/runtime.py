@@ -190,14 +190,20 @@ class Runtime:
                  "url": self.advertise_url, "presence": presence},
             )
 
-    def disown(self, session_id: str) -> None:
-        """Let the session go (call under its lock): any gateway may claim it next."""
+    def disown(self, session_id: str, *, unused_for_s: float | None = None) -> bool:
+        """Let the session go (call under its lock): any gateway may claim it next. With
+        ``unused_for_s``, only if it had no request for that long. Whether it was let go."""
+        idle = "" if unused_for_s is None else (
+            " AND owner_seen_at < now() - make_interval(secs => :idle)")
         with self.dbs.ledger.begin() as conn:
-            conn.execute(text("UPDATE sessions SET owner_id = NULL "
-                              "WHERE id = :sid AND owner_id = :me"),
-                         {"sid": session_id, "me": self.gateway_id})
-        self._owned.pop(session_id, None)
-        self.scopes.pop(session_id, None)
+            released = conn.execute(text("UPDATE sessions SET owner_id = NULL "
+                                         f"WHERE id = :sid AND owner_id = :me{idle}"),
+                                    {"sid": session_id, "me": self.gateway_id,
+                                     "idle": unused_for_s}).rowcount
+        if released:
+            self._owned.pop(session_id, None)
+            self.scopes.pop(session_id, None)
+        return bool(released)
 
     def forget_ownership(self) -> None:
         """Claim every session again on its next request (the presence lock was lost, so

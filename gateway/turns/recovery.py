@@ -13,7 +13,9 @@ lock so two gateways never resolve the same thing at once:
    rolled the effects back; the ledger now says so).
 4. Turns and staged calls past their TTL are expired, and turns this gateway holds whose
    session has had no request for ``turn_idle_s`` are cancelled (an abandoned voice turn
-   must not hold a backend and its row locks for minutes).
+   must not hold a backend and its row locks for minutes). Sessions this gateway owns that had
+   no request for ``session_idle_s`` and hold nothing here are let go, so ownership moves to
+   where the traffic is.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def reconcile(rt: Runtime, *, startup: bool = False) -> dict[str, int]:
     """One pass; returns counts of what it resolved (for logs, metrics and tests)."""
     counts = {"committed_prepared": 0, "rolled_back_prepared": 0, "finished": 0,
               "aborted": 0, "expired_turns": 0, "expired_calls": 0,
-              "denied_approvals": 0, "idle_turns": 0}
+              "denied_approvals": 0, "idle_turns": 0, "released_sessions": 0}
     with rt.dbs.ledger.connect() as lock_conn:
         if not lock_conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY}).scalar():
             return counts
@@ -191,9 +193,30 @@ def _cancel_idle(rt: Runtime, counts: dict[str, int]) -> None:
             counts["idle_turns"] += 1
 
 
+_IDLE_SESSIONS = text(
+    "SELECT s.id, (SELECT t.id FROM turns t WHERE t.session_id = s.id ORDER BY t.seq DESC "
+    "LIMIT 1) AS turn_id FROM sessions s WHERE s.owner_id = :me "
+    "AND s.owner_seen_at < now() - make_interval(secs => :idle)")
+
+
+def _release_idle_sessions(rt: Runtime, counts: dict[str, int]) -> None:
+    """``owner_seen_at`` moves with every claim (at least every ``owner_recheck_s`` while the
+    session has requests), so an old one means no request for that long."""
+    with rt.dbs.ledger.connect() as conn:
+        rows = list(conn.execute(_IDLE_SESSIONS, {"me": rt.gateway_id,
+                                                  "idle": rt.settings.session_idle_s}))
+    for row in rows:
+        with rt.session_lock(row.id):
+            if row.turn_id is not None and rt.holds.get(row.turn_id) is not None:
+                continue  # its turn holds a transaction here: the idle-turn rule comes first
+            if rt.disown(row.id, unused_for_s=rt.settings.session_idle_s):
+                counts["released_sessions"] += 1
+
+
 def _reap(rt: Runtime, counts: dict[str, int]) -> None:
     counts["denied_approvals"] = approvals.deny_expired(rt)
     _cancel_idle(rt, counts)
+    _release_idle_sessions(rt, counts)
     query = text(
         "SELECT t.id, t.tenant, t.session_id, t.expires_at < now() AS turn_expired "
         "FROM turns t JOIN sessions s ON s.id = t.session_id WHERE t.status = 'open' AND ("

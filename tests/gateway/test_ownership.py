@@ -125,3 +125,28 @@ def test_a_gateway_checks_its_ownership_again_and_stops_serving_a_lost_session(
     assert error["code"] == "session_owned_elsewhere"
     assert error["details"]["owner"] == second.app.state.runtime.gateway_id
     assert [t["status"] for t in new.get(f"/v1/sessions/{sid}").json()["turns"]] == ["committed"]
+
+
+def test_an_idle_session_is_let_go_so_any_gateway_takes_it(
+        gateway_factory: Any, pg_home: Path, ledger_url: str) -> None:
+    settings = make_settings(pg_home, ledger_url, session_idle_s=0.5)
+    reset_shop(ledger_url, settings)
+    engine = make_engine(ledger_url, pool_size=1)
+    _, key = create_key(engine, f"t-{uuid.uuid4().hex[:6]}", "app")
+    engine.dispose()
+    first, second = gateway_factory(settings), gateway_factory(settings)
+    for client in (first, second):
+        client.app.state.runtime.heartbeat()
+    owner, other = Api(first, key), Api(second, key)
+    idle, _ = owner.session()
+    owner.call(idle, 1, "list_products")
+    busy, busy_turn = owner.session()
+    owner.call(busy, 1, "create_order", arguments={"customer": "ann"})  # holds a transaction
+    time.sleep(1.2)  # past 0.5 s and the 1 s ownership re-check
+    recovery.reconcile(first.app.state.runtime)
+    assert other.call(idle, 2, "list_products")["status"] == "succeeded"  # taken, no 409
+    refused = other.post(f"/v1/sessions/{busy}/calls", {"tool": "demo.list_products",
+                                                       "client_call_id": 2})
+    assert refused.status_code == 409  # its held turn keeps it with its gateway
+    assert refused.json()["error"]["code"] == "session_owned_elsewhere"
+    owner.commit(busy, busy_turn)
