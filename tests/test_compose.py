@@ -68,13 +68,14 @@ def _environment(service: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> di
 
 
 def test_the_skeletons_services_are_all_there(services: dict[str, dict[str, Any]]) -> None:
-    assert {"postgres", "redis", "gateway", "worker", "agent"} <= set(services)
+    assert {"postgres", "redis", "migrate", "gateway", "balancer", "worker", "agent"} <= set(
+        services)
     for name, service in services.items():
         for needed in service.get("depends_on", {}):
             assert needed in services, f"{name} depends on unknown service {needed!r}"
 
 
-@pytest.mark.parametrize("name", ["gateway", "worker", "agent"])
+@pytest.mark.parametrize("name", ["migrate", "gateway", "worker", "agent"])
 def test_every_specgate_command_parses(services: dict[str, dict[str, Any]], name: str,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     service = services[name]
@@ -96,10 +97,13 @@ def test_the_agent_runs_the_openai_backend_against_the_gateway_service(
     params = _parse(argv).params
     assert params["backend"] == "openai" and params["stdin"] is True
     assert params["key"] == HOST_ENV["SPECGATE_API_KEY"]
-    # The gateway service, at the port its own command serves on.
+    # The balancer, which passes requests on to the gateway service at the port its own
+    # command serves on.
     [serve] = [line for line in _commands(services["gateway"]) if line[1] == "serve"]
     port = _parse(serve).params["port"]
-    assert params["gateway"] == f"http://gateway:{port}"
+    listen, upstream = _balancer(services["balancer"])
+    assert upstream == f"gateway:{port}"
+    assert params["gateway"] == f"http://balancer:{listen}"
     # The endpoint comes from the environment and is never empty (the openai client would
     # take an empty OPENAI_BASE_URL as the endpoint itself); the model from the command.
     assert params["base_url"] == env["OPENAI_BASE_URL"]
@@ -107,6 +111,28 @@ def test_the_agent_runs_the_openai_backend_against_the_gateway_service(
     assert params["model"]
     assert agent.get("profiles") == ["agent"], "the agent must stay out of a plain `up`"
     assert agent.get("stdin_open") is True, "--stdin reads the utterance from the terminal"
+
+
+def _balancer(service: dict[str, Any]) -> tuple[int, str]:
+    """The port nginx listens on and its one upstream server, from the mounted config."""
+    [mount] = [v for v in service["volumes"] if v.split(":")[1].startswith("/etc/nginx/")]
+    conf = (COMPOSE.parent / mount.split(":")[0]).read_text()
+    [listen] = re.findall(r"^\s*listen (\d+);", conf, re.M)
+    [upstream] = re.findall(r"^\s*server ([\w.-]+:\d+);", conf, re.M)
+    return int(listen), upstream
+
+
+def test_three_gateways_behind_the_balancer_without_affinity(
+        services: dict[str, dict[str, Any]]) -> None:
+    gateway, balancer = services["gateway"], services["balancer"]
+    assert gateway["deploy"]["replicas"] == 3
+    assert "ports" not in gateway, "clients reach the gateways through the balancer only"
+    assert balancer["ports"] == [f"{_balancer(balancer)[0]}:{_balancer(balancer)[0]}"]
+    conf = (COMPOSE.parent / "deploy" / "nginx.conf").read_text()
+    assert not re.search(r"^\s*(ip_hash|hash|sticky)\b", conf, re.M), "no affinity"
+    # Replicas must not race the migrations: one migrate service runs them first.
+    assert gateway["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert [argv[1] for argv in _commands(gateway)] == ["serve"]
 
 
 def test_a_missing_api_key_is_a_usage_error(services: dict[str, dict[str, Any]],
