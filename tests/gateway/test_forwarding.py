@@ -6,6 +6,7 @@ other gateway, the turn it held aborted."""
 
 from __future__ import annotations
 
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -148,3 +149,55 @@ def test_a_killed_owner_s_session_goes_on_through_another_gateway_at_once(
         opened = other.post(f"/v1/sessions/{sid}/turns", json={})
         assert opened.status_code == 201, opened.text
         assert _call(other, sid, 1, "list_products").json()["status"] == "succeeded"
+
+
+@pytest.fixture
+def short_lease_pair(pg_home: Path, ledger_url: str,
+                     tmp_path: Path) -> Iterator[tuple[LocalGateway, ...]]:
+    reset_shop(ledger_url, make_settings(pg_home, ledger_url))
+    env = {"SPECGATE_HOME": str(pg_home), "SPECGATE_DATABASE_URL": ledger_url,
+           "SPECGATE_ADAPTERS": '["demo"]', "SPECGATE_REAPER_PERIOD_S": "0.5",
+           "SPECGATE_OWNER_LEASE_S": "2"}
+    gateways = [LocalGateway(env=env, log_path=tmp_path / f"gateway-{i}.log") for i in (1, 2)]
+    try:
+        for gateway in gateways:
+            gateway.start()
+        yield tuple(gateways)
+    finally:
+        for gateway in gateways:
+            if gateway.process is not None and gateway.process.poll() is None:
+                gateway.process.send_signal(signal.SIGCONT)
+            gateway.stop()
+
+
+def test_a_paused_owner_commits_nothing_once_resumed(
+        short_lease_pair: tuple[LocalGateway, ...], ledger_url: str) -> None:
+    """SIGSTOP past the lease: the other gateway takes the session over and aborts the turn.
+    After SIGCONT the old owner's commit is refused with a JSON 409, nothing of the turn is
+    committed, no call is left live in a decided turn, and the audit chain verifies."""
+    first, second = short_lease_pair
+    tenant = f"pause-{uuid.uuid4().hex[:6]}"
+    engine = make_engine(ledger_url, pool_size=1)
+    _, key = create_key(engine, tenant, "app")
+    _, admin = create_key(engine, tenant, "admin")
+    engine.dispose()
+    assert first.process is not None
+    with _client(first, key) as paused, _client(second, key) as other:
+        session = paused.post("/v1/sessions", json={}).json()
+        sid, tid = session["id"], session["turns"][0]["id"]
+        assert _call(paused, sid, 1, "create_order", customer="cy").json()["status"] == "held"
+        first.process.send_signal(signal.SIGSTOP)
+        time.sleep(3.0)  # past the 2 s lease: its heartbeat is stale, its lock still held
+        taken = _call(other, sid, 2, "list_products")
+        assert taken.status_code == 409 and taken.json()["error"]["code"] == "turn_not_open"
+        first.process.send_signal(signal.SIGCONT)
+        refused = paused.post(f"/v1/sessions/{sid}/turns/{tid}/commit", json={})
+        assert refused.status_code == 409, refused.text
+        assert refused.headers["content-type"].startswith("application/json")
+        turn = other.get(f"/v1/sessions/{sid}").json()["turns"][0]
+        assert turn["status"] == "aborted"
+        assert [c["status"] for c in turn["calls"]] == ["aborted"]
+        assert shop_state(ledger_url)["demo_orders"] == []
+        verified = other.get("/v1/admin/audit/verify",
+                             headers={"Authorization": f"Bearer {admin}"})
+        assert verified.status_code == 200, verified.text
