@@ -4,7 +4,9 @@ The first request with a key reserves it (a row without a response) and stores t
 produced; the same key with the same body gets that stored response again; the same key with
 another body is refused with 409; the same key while the first request still runs gets 409
 ``idempotency_in_progress``. Responses that say "try again" (429, 503, 5xx) are not stored, so
-a retry really retries. Keys are scoped per tenant.
+a retry really retries; nor is ``session_owned_elsewhere``, which the gateway turns into a
+forward to the owner, where the request runs under the same key (the records are in the ledger,
+shared by every gateway). Keys are scoped per tenant.
 """
 
 from __future__ import annotations
@@ -18,7 +20,13 @@ from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from starlette.responses import Response
 
-from gateway.errors import Conflict, IdempotencyMismatch, SpecgateError, error_response
+from gateway.errors import (
+    Conflict,
+    IdempotencyMismatch,
+    SpecgateError,
+    Unavailable,
+    error_response,
+)
 from gateway.ledger import models
 
 TABLE = models.table_of(models.IdempotencyRecord)
@@ -40,7 +48,7 @@ def run(ledger: Engine, tenant: str, key: str | None, request_hash: str,
         handler: Callable[[], tuple[int, Any]]) -> Response:
     """Run ``handler`` (returning status and JSON body) at most once per (tenant, key)."""
     if key is None:
-        return _respond(handler)
+        return _respond(handler)[0]
     if len(key) > 255:
         raise SpecgateError("Idempotency-Key is longer than 255 characters", code="bad_request")
     with ledger.begin() as conn:
@@ -60,13 +68,13 @@ def run(ledger: Engine, tenant: str, key: str | None, request_hash: str,
         return _json(row.status_code, row.body)
     where = (TABLE.c.tenant == tenant) & (TABLE.c.key == key)
     try:
-        response = _respond(handler)
+        response, final = _respond(handler)
     except BaseException:
         with ledger.begin() as conn:  # a bug answered 500: release the key for a retry
             conn.execute(delete(TABLE).where(where))
         raise
     with ledger.begin() as conn:
-        if response.status_code in (429, 503) or response.status_code >= 500:
+        if not final:
             conn.execute(delete(TABLE).where(where))
         else:
             conn.execute(update(TABLE).where(where).values(
@@ -74,9 +82,17 @@ def run(ledger: Engine, tenant: str, key: str | None, request_hash: str,
     return response
 
 
-def _respond(handler: Callable[[], tuple[int, Any]]) -> Response:
+# Answers that say where or when to ask, not what happened: the key stays free for the retry.
+# ``session_owned_elsewhere`` in particular is turned into a forward to the owner, which must
+# run the request under the same key (the records are shared by every gateway).
+_NOT_FINAL = frozenset({"session_owned_elsewhere"})
+
+
+def _respond(handler: Callable[[], tuple[int, Any]]) -> tuple[Response, bool]:
+    """The handler's answer, and whether it is final (kept for the key's retries)."""
     try:
         status, body = handler()
     except SpecgateError as error:
-        return error_response(error)  # with its Retry-After, when it has one
-    return _json(status, body)
+        response = error_response(error)  # with its Retry-After, when it has one
+        return response, not (isinstance(error, Unavailable) or error.code in _NOT_FINAL)
+    return _json(status, body), status < 500 and status != 429

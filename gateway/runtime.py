@@ -157,12 +157,12 @@ class Runtime:
             if row is None:  # not ours (any more): forget what we believed of it
                 self._owned.pop(session_id, None)
                 self.scopes.pop(session_id, None)
-                if self.draining:
-                    raise Unavailable("this gateway is shutting down and takes no session; "
-                                      "retry", code="draining", status_code=503)
                 owner = conn.execute(_OWNER, {"sid": session_id, "tenant": tenant}).first()
                 if owner is None:
                     raise NotFound(f"session {session_id!r} not found")
+                if self.draining and owner.owner_id in (None, self.gateway_id):
+                    raise Unavailable("this gateway is shutting down and takes no session; "
+                                      "retry", code="draining", status_code=503)
                 raise Conflict(
                     f"session {session_id!r} is owned by gateway {owner.owner_id!r}",
                     code="session_owned_elsewhere",

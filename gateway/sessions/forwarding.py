@@ -84,7 +84,8 @@ class Forwarder:
             log.warning("forwarding to %s failed: %r", owner_url, error)
             await _refuse(send, Unavailable(
                 "the gateway that owns this session cannot be reached; retry (it is taken "
-                "over once its lease lapses)", code="owner_unreachable", status_code=503))
+                "over once its lease lapses)", code="owner_unreachable", status_code=503,
+                owner_url=owner_url))
             return
         try:
             await send({"type": "http.response.start", "status": response.status_code,

@@ -103,6 +103,25 @@ def test_a_session_is_served_through_any_gateway(pair: tuple[LocalGateway, ...],
     assert shop_state(ledger_url) == after
 
 
+def test_an_idempotency_key_holds_across_the_forward(pair: tuple[LocalGateway, ...],
+                                                     key: str) -> None:
+    """A retried request with its Idempotency-Key gets the owner's first answer again, through
+    either gateway: the refusal that became a forward is not what the key remembers."""
+    first, second = pair
+    with _client(first, key) as owner, _client(second, key) as other:
+        sid = owner.post("/v1/sessions", json={}).json()["id"]
+        body = {"tool": "demo.create_order", "client_call_id": 1,
+                "arguments": {"customer": "di"}}
+        once = {"Idempotency-Key": f"k-{uuid.uuid4().hex}"}
+        answers = [other.post(f"/v1/sessions/{sid}/calls", json=body, headers=once),
+                   other.post(f"/v1/sessions/{sid}/calls", json=body, headers=once),
+                   owner.post(f"/v1/sessions/{sid}/calls", json=body, headers=once)]
+        assert [a.status_code for a in answers] == [201, 201, 201], [a.text for a in answers]
+        assert len({a.json()["id"] for a in answers}) == 1  # one call, answered three times
+        calls = owner.get(f"/v1/sessions/{sid}").json()["turns"][0]["calls"]
+        assert [c["status"] for c in calls] == ["held"]
+
+
 def test_a_request_already_forwarded_is_not_forwarded_again(
         pair: tuple[LocalGateway, ...], key: str) -> None:
     first, second = pair

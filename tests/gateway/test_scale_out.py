@@ -5,6 +5,9 @@ must be what a sequential run of the kept calls gives."""
 
 from __future__ import annotations
 
+import signal
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -118,3 +121,101 @@ def test_twenty_sessions_through_three_gateways_without_affinity(
             ("3", "add_item", {"order_id": order, "sku": sku, "quantity": 3}),
             ("4", "place_order", {"order_id": order, "card_last4": "4242"})])
     assert shop_state(ledger_url) == after
+
+
+class _Retrying:
+    """A client as a production one behaves behind a balancer: a connection per request, an
+    Idempotency-Key on every POST, and the same request again after a 503's Retry-After or a
+    dropped connection."""
+
+    def __init__(self, base: str, key: str) -> None:
+        self.client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"},
+                                   timeout=60, limits=httpx.Limits(max_keepalive_connections=0))
+        self.retries = 0
+
+    def post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        headers = {"Idempotency-Key": uuid.uuid4().hex}
+        answer: httpx.Response | None = None
+        for _ in range(100):
+            try:
+                answer = self.client.post(path, json=body, headers=headers)
+            except httpx.TransportError:
+                answer = None
+            if answer is not None and answer.status_code not in (429, 503):
+                return answer
+            self.retries += 1
+            time.sleep(float(answer.headers.get("retry-after", 1)) / 4 if answer else 0.2)
+        raise AssertionError(f"{path}: still refused after 100 tries: "
+                             f"{answer.text if answer is not None else 'no connection'}")
+
+
+def _turns(base: str, key: str, i: int, turns: int) -> tuple[list[str], int]:
+    """Session i plays ``turns`` turns (open, held call, sensitive, commit); the committed
+    turns' statuses and how many requests were retried."""
+    client = _Retrying(base, key)
+    sku, order = f"p{i:02d}", "$1.order_id"
+    created = client.post("/v1/sessions", {})
+    assert created.status_code == 201, created.text
+    sid, tid = created.json()["id"], created.json()["turns"][0]["id"]
+    statuses = []
+    for turn in range(turns):
+        if turn:
+            opened = client.post(f"/v1/sessions/{sid}/turns", {})
+            assert opened.status_code == 201, (i, opened.text)
+            tid = opened.json()["id"]
+        for body in ({"tool": "demo.create_order", "client_call_id": 1,
+                      "arguments": {"customer": f"c{i:02d}t{turn}"}},
+                     {"tool": "demo.add_item", "client_call_id": 2,
+                      "arguments": {"order_id": order, "sku": sku}},
+                     {"tool": "demo.place_order", "client_call_id": 3,
+                      "arguments": {"order_id": order, "card_last4": "4242"}}):
+            answer = client.post(f"/v1/sessions/{sid}/calls", body)
+            assert answer.status_code == 201, (i, turn, answer.text)
+            time.sleep(0.05)  # the user keeps talking: turns stay open while the pool changes
+        committed = client.post(f"/v1/sessions/{sid}/turns/{tid}/commit", {})
+        assert committed.status_code == 200, (i, turn, committed.text)
+        statuses.append(committed.json()["status"])
+    client.client.close()
+    return statuses, client.retries
+
+
+def test_a_gateway_joins_and_another_drains_under_traffic(
+        pg_home: Path, ledger_url: str, tmp_path: Path) -> None:
+    reset_shop(ledger_url, make_settings(pg_home, ledger_url))
+    _seed_products(ledger_url)
+    env = {"SPECGATE_HOME": str(pg_home), "SPECGATE_DATABASE_URL": ledger_url,
+           "SPECGATE_ADAPTERS": '["demo"]', "SPECGATE_DRAIN_GRACE_S": "5"}
+    gateways = [LocalGateway(env=env, log_path=tmp_path / f"gateway-{i}.log") for i in range(4)]
+    engine = make_engine(ledger_url, pool_size=1)
+    _, key = create_key(engine, f"pool-{uuid.uuid4().hex[:6]}", "app")
+    engine.dispose()
+    try:
+        for gateway in gateways:
+            gateway.start()
+        address = [("127.0.0.1", g.port) for g in gateways]
+        with RoundRobinProxy(address[:3]) as proxy, ThreadPoolExecutor(SESSIONS) as pool:
+            base = f"http://127.0.0.1:{proxy.port}"
+            runs = [pool.submit(_turns, base, key, i, 3) for i in range(SESSIONS)]
+            time.sleep(1.0)
+            proxy.set_targets(address)  # a 4th gateway joins the pool
+            time.sleep(0.5)
+            drained = gateways[0]
+            assert drained.process is not None
+            drained.process.send_signal(signal.SIGTERM)  # a rolling deploy takes one out
+            proxy.set_targets(address[1:])
+            results = [run.result(timeout=120) for run in runs]
+            assert drained.process.wait(timeout=30) is not None
+        assert [statuses for statuses, _ in results] == [["committed"] * 3] * SESSIONS
+        retried = sum(retries for _, retries in results)
+        print(f"{SESSIONS * 3} turns committed through a pool that gained a gateway and "
+              f"drained one; {retried} requests retried after a 503 or a dropped connection")
+        raw = create_engine(ledger_url, poolclass=NullPool)
+        with raw.connect() as conn:  # no session stranded on the drained gateway
+            stranded = conn.execute(text(
+                "SELECT count(*) FROM sessions s JOIN gateways g ON g.id = s.owner_id "
+                "WHERE g.id = :g"), {"g": f"{socket.gethostname()}:{drained.port}"}).scalar_one()
+        raw.dispose()
+        assert stranded == 0
+    finally:
+        for gateway in gateways:
+            gateway.stop()

@@ -109,10 +109,27 @@ class RoundRobinProxy(CuttableProxy):
 
     def __init__(self, targets: list[tuple[str, int]]) -> None:
         super().__init__(targets[0])
-        self._targets = itertools.cycle(targets)
         self._next_lock = threading.Lock()
+        self.set_targets(targets)
+
+    def set_targets(self, targets: list[tuple[str, int]]) -> None:
+        """Servers added or removed from now on (a scale-out, a server taken out)."""
+        with self._next_lock:
+            self._count = len(targets)
+            self._targets = itertools.cycle(targets)
 
     def _connect_target(self) -> socket.socket:
-        with self._next_lock:
-            target = next(self._targets)
-        return socket.create_connection(target)
+        """The next server that accepts the connection: one that is down is passed over, as a
+        balancer's retry of a failed upstream connect does."""
+        error: OSError | None = None
+        for _ in range(self._count):
+            with self._next_lock:
+                target = next(self._targets)
+            try:
+                upstream = socket.create_connection(target, timeout=2)
+            except OSError as refused:
+                error = refused
+                continue
+            upstream.settimeout(None)
+            return upstream
+        raise error or OSError("no target")
