@@ -54,7 +54,7 @@ def test_reaper_expires_turns_past_their_ttl(gateway_factory: Any, pg_home: Path
 
 def test_an_abandoned_turn_is_cancelled_after_its_idle_time(gateway_factory: Any, pg_home: Path,
                                                             ledger_url: str) -> None:
-    api = _gateway(gateway_factory, pg_home, ledger_url, turn_idle_s=2.0)
+    api = _gateway(gateway_factory, pg_home, ledger_url, turn_idle_s=3.0)
     before = shop_state(ledger_url)
     sid, tid = api.session()
     kept_sid, kept_tid = api.session()
@@ -62,9 +62,9 @@ def test_an_abandoned_turn_is_cancelled_after_its_idle_time(gateway_factory: Any
     api.call(kept_sid, 1, "create_order", arguments={"customer": "bo"})
     rt = api.client.app.state.runtime
     assert rt.holds.held_connections == 2
-    time.sleep(1.2)
+    time.sleep(1.6)
     api.call(kept_sid, 2, "list_products")  # a request: that turn is not abandoned
-    time.sleep(1.2)  # the other turn: 2.4 s without a request, past its 2 s
+    time.sleep(1.6)  # the other turn: 3.2 s and more without a request, past its 3 s
     assert recovery.reconcile(rt)["idle_turns"] >= 1  # global: counts other tests' turns too
     turn = api.get(f"/v1/sessions/{sid}").json()["turns"][0]
     assert turn["status"] == "cancelled" and "SPECGATE_TURN_IDLE_S" in turn["error"]["reason"]
