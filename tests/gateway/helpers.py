@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -13,6 +17,7 @@ from sqlalchemy.pool import NullPool
 from gateway.auth.service import create_key
 from gateway.calls import placeholders
 from gateway.db import make_engine
+from lab.servers import LocalGateway
 from tool_adapters.demo import ADAPTER
 from tool_adapters.demo import schema as shop
 from tool_adapters.sdk import ToolContext
@@ -111,3 +116,26 @@ def sequential_run(url: str, calls: list[tuple[str, str, dict[str, Any]]]) -> li
         db.commit()
     engine.dispose()
     return outputs
+
+
+@contextmanager
+def local_gateways(pg_home: Path, ledger_url: str, logs: Path, count: int,
+                   **env: str) -> Iterator[list[LocalGateway]]:
+    """``count`` real ``specgate serve`` processes on the test ledger, over a reset demo shop;
+    ``env``: more settings (``SPECGATE_…``). Stopped afterwards, resumed first if paused."""
+    from tests.conftest import make_settings, reset_shop
+
+    reset_shop(ledger_url, make_settings(pg_home, ledger_url))
+    shared = {"SPECGATE_HOME": str(pg_home), "SPECGATE_DATABASE_URL": ledger_url,
+              "SPECGATE_ADAPTERS": '["demo"]', **env}
+    gateways = [LocalGateway(env=shared, log_path=logs / f"gateway-{i}.log")
+                for i in range(count)]
+    try:
+        for gateway in gateways:
+            gateway.start()
+        yield gateways
+    finally:
+        for gateway in gateways:
+            if gateway.process is not None and gateway.process.poll() is None:
+                gateway.process.send_signal(signal.SIGCONT)  # a test may have paused it
+            gateway.stop()

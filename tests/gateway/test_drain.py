@@ -18,25 +18,16 @@ from sqlalchemy.pool import NullPool
 from gateway.auth.service import create_key
 from gateway.db import make_engine
 from lab.servers import LocalGateway
-from tests.conftest import make_settings, reset_shop
-from tests.gateway.helpers import shop_state
+from tests.gateway.helpers import local_gateways, shop_state
 
 GRACE_S = 3.0
 
 
 @pytest.fixture
 def pair(pg_home: Path, ledger_url: str, tmp_path: Path) -> Iterator[tuple[LocalGateway, ...]]:
-    reset_shop(ledger_url, make_settings(pg_home, ledger_url))
-    env = {"SPECGATE_HOME": str(pg_home), "SPECGATE_DATABASE_URL": ledger_url,
-           "SPECGATE_ADAPTERS": '["demo"]', "SPECGATE_DRAIN_GRACE_S": str(GRACE_S)}
-    gateways = [LocalGateway(env=env, log_path=tmp_path / f"gateway-{i}.log") for i in (1, 2)]
-    try:
-        for gateway in gateways:
-            gateway.start()
+    with local_gateways(pg_home, ledger_url, tmp_path, 2,
+                        SPECGATE_DRAIN_GRACE_S=str(GRACE_S)) as gateways:
         yield tuple(gateways)
-    finally:
-        for gateway in gateways:
-            gateway.stop()
 
 
 def _owned_by(ledger_url: str, gateway_id: str) -> int:

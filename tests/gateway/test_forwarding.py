@@ -22,25 +22,16 @@ from gateway.db import make_engine
 from gateway.sessions.forwarding import HEADER
 from lab.servers import LocalGateway
 from tests.conftest import make_settings, reset_shop
-from tests.gateway.helpers import sequential_run, shop_state
+from tests.gateway.helpers import local_gateways, sequential_run, shop_state
 
 LEASE_S = 15.0  # the default: failover must not wait for it
 
 
 @pytest.fixture
 def pair(pg_home: Path, ledger_url: str, tmp_path: Path) -> Iterator[tuple[LocalGateway, ...]]:
-    reset_shop(ledger_url, make_settings(pg_home, ledger_url))
-    env = {"SPECGATE_HOME": str(pg_home), "SPECGATE_DATABASE_URL": ledger_url,
-           "SPECGATE_ADAPTERS": '["demo"]', "SPECGATE_REAPER_PERIOD_S": "0.5",
-           "SPECGATE_OWNER_LEASE_S": str(LEASE_S)}
-    gateways = [LocalGateway(env=env, log_path=tmp_path / f"gateway-{i}.log") for i in (1, 2)]
-    try:
-        for gateway in gateways:
-            gateway.start()
+    with local_gateways(pg_home, ledger_url, tmp_path, 2, SPECGATE_REAPER_PERIOD_S="0.5",
+                        SPECGATE_OWNER_LEASE_S=str(LEASE_S)) as gateways:
         yield tuple(gateways)
-    finally:
-        for gateway in gateways:
-            gateway.stop()
 
 
 @pytest.fixture
@@ -173,20 +164,9 @@ def test_a_killed_owner_s_session_goes_on_through_another_gateway_at_once(
 @pytest.fixture
 def short_lease_pair(pg_home: Path, ledger_url: str,
                      tmp_path: Path) -> Iterator[tuple[LocalGateway, ...]]:
-    reset_shop(ledger_url, make_settings(pg_home, ledger_url))
-    env = {"SPECGATE_HOME": str(pg_home), "SPECGATE_DATABASE_URL": ledger_url,
-           "SPECGATE_ADAPTERS": '["demo"]', "SPECGATE_REAPER_PERIOD_S": "0.5",
-           "SPECGATE_OWNER_LEASE_S": "2"}
-    gateways = [LocalGateway(env=env, log_path=tmp_path / f"gateway-{i}.log") for i in (1, 2)]
-    try:
-        for gateway in gateways:
-            gateway.start()
+    with local_gateways(pg_home, ledger_url, tmp_path, 2, SPECGATE_REAPER_PERIOD_S="0.5",
+                        SPECGATE_OWNER_LEASE_S="2") as gateways:
         yield tuple(gateways)
-    finally:
-        for gateway in gateways:
-            if gateway.process is not None and gateway.process.poll() is None:
-                gateway.process.send_signal(signal.SIGCONT)
-            gateway.stop()
 
 
 def test_a_paused_owner_commits_nothing_once_resumed(

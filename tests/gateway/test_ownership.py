@@ -18,9 +18,11 @@ from tests.conftest import make_settings, reset_shop
 from tests.gateway.helpers import Api, shop_state
 
 
-def test_second_gateway_refuses_then_takes_over_a_dead_owners_session(
-        gateway_factory: Any, pg_home: Path, ledger_url: str) -> None:
-    settings = make_settings(pg_home, ledger_url, owner_lease_s=30)
+def _two_gateways(gateway_factory: Any, pg_home: Path, ledger_url: str,
+                  **overrides: float) -> tuple[Any, Any, str]:
+    """Two in-process gateways on one ledger, both heartbeating, over a reset shop, and an app
+    key of a new tenant."""
+    settings = make_settings(pg_home, ledger_url, **overrides)
     reset_shop(ledger_url, settings)
     engine = make_engine(ledger_url, pool_size=1)
     _, key = create_key(engine, f"t-{uuid.uuid4().hex[:6]}", "app")
@@ -28,6 +30,21 @@ def test_second_gateway_refuses_then_takes_over_a_dead_owners_session(
     first, second = gateway_factory(settings), gateway_factory(settings)
     for client in (first, second):
         client.app.state.runtime.heartbeat()
+    return first, second, key
+
+
+def _stop_heartbeat(ledger_url: str, gateway_id: str) -> None:
+    """As if the gateway had stopped (died or paused) an hour ago: its lease has lapsed."""
+    raw = create_engine(ledger_url, poolclass=NullPool)
+    with raw.begin() as conn:
+        conn.execute(text("UPDATE gateways SET heartbeat_at = now() - interval '1 hour' "
+                          "WHERE id = :id"), {"id": gateway_id})
+    raw.dispose()
+
+
+def test_second_gateway_refuses_then_takes_over_a_dead_owners_session(
+        gateway_factory: Any, pg_home: Path, ledger_url: str) -> None:
+    first, second, key = _two_gateways(gateway_factory, pg_home, ledger_url, owner_lease_s=30)
     owner, other = Api(first, key), Api(second, key)
     before = shop_state(ledger_url)
     sid, _ = owner.session()
@@ -43,11 +60,7 @@ def test_second_gateway_refuses_then_takes_over_a_dead_owners_session(
     # The owner dies: its connection goes (Postgres rolls back) and its heartbeat stops.
     first_rt = first.app.state.runtime
     first_rt.close()
-    raw = create_engine(ledger_url, poolclass=NullPool)
-    with raw.begin() as conn:
-        conn.execute(text("UPDATE gateways SET heartbeat_at = now() - interval '1 hour' "
-                          "WHERE id = :id"), {"id": first_rt.gateway_id})
-    raw.dispose()
+    _stop_heartbeat(ledger_url, first_rt.gateway_id)
 
     taken = other.call(sid, 1, "list_products", expect=409)  # turn was aborted on takeover
     assert taken["error"]["code"] == "turn_not_open"
@@ -67,24 +80,14 @@ def test_a_gateway_that_lost_its_session_commits_nothing_and_lets_go(
     is refused (409 ``stale_state``, JSON), nothing of the turn is committed, and its held
     connection is released. (Its ownership re-check is set far off: the commit comes while it
     still believes it owns the session.)"""
-    settings = make_settings(pg_home, ledger_url, owner_lease_s=30, owner_recheck_s=600)
-    reset_shop(ledger_url, settings)
-    engine = make_engine(ledger_url, pool_size=1)
-    _, key = create_key(engine, f"t-{uuid.uuid4().hex[:6]}", "app")
-    engine.dispose()
-    first, second = gateway_factory(settings), gateway_factory(settings)
-    for client in (first, second):
-        client.app.state.runtime.heartbeat()
+    first, second, key = _two_gateways(gateway_factory, pg_home, ledger_url, owner_lease_s=30,
+                                       owner_recheck_s=600)
     stale, other = Api(first, key), Api(second, key)
     before = shop_state(ledger_url)
     sid, tid = stale.session()
     stale.call(sid, 1, "create_order", arguments={"customer": "ann"})
     first_rt = first.app.state.runtime
-    raw = create_engine(ledger_url, poolclass=NullPool)
-    with raw.begin() as conn:  # the pause: its heartbeat stops, its lease lapses
-        conn.execute(text("UPDATE gateways SET heartbeat_at = now() - interval '1 hour' "
-                          "WHERE id = :id"), {"id": first_rt.gateway_id})
-    raw.dispose()
+    _stop_heartbeat(ledger_url, first_rt.gateway_id)  # the pause: its lease lapses
     other.call(sid, 2, "list_products", expect=409)  # the takeover aborts the turn
     assert other.get(f"/v1/sessions/{sid}").json()["turns"][0]["status"] == "aborted"
 
@@ -102,21 +105,12 @@ def test_a_gateway_checks_its_ownership_again_and_stops_serving_a_lost_session(
     """Past ``owner_recheck_s`` a gateway claims its session again: one taken over meanwhile
     is refused (here 409 naming the new owner; a served gateway forwards to it), and the old
     owner opens no turn of it."""
-    settings = make_settings(pg_home, ledger_url, owner_lease_s=30, owner_recheck_s=0.2)
-    engine = make_engine(ledger_url, pool_size=1)
-    _, key = create_key(engine, f"t-{uuid.uuid4().hex[:6]}", "app")
-    engine.dispose()
-    first, second = gateway_factory(settings), gateway_factory(settings)
-    for client in (first, second):
-        client.app.state.runtime.heartbeat()
+    first, second, key = _two_gateways(gateway_factory, pg_home, ledger_url, owner_lease_s=30,
+                                       owner_recheck_s=0.2)
     old, new = Api(first, key), Api(second, key)
     sid, tid = old.session()
     old.call(sid, 1, "list_products")
-    raw = create_engine(ledger_url, poolclass=NullPool)
-    with raw.begin() as conn:
-        conn.execute(text("UPDATE gateways SET heartbeat_at = now() - interval '1 hour' "
-                          "WHERE id = :id"), {"id": first.app.state.runtime.gateway_id})
-    raw.dispose()
+    _stop_heartbeat(ledger_url, first.app.state.runtime.gateway_id)
     new.commit(sid, tid)  # the takeover: the session is the second gateway's now
     time.sleep(0.3)  # past the first gateway's re-check
     refused = old.post(f"/v1/sessions/{sid}/turns", {})
@@ -129,14 +123,7 @@ def test_a_gateway_checks_its_ownership_again_and_stops_serving_a_lost_session(
 
 def test_an_idle_session_is_let_go_so_any_gateway_takes_it(
         gateway_factory: Any, pg_home: Path, ledger_url: str) -> None:
-    settings = make_settings(pg_home, ledger_url, session_idle_s=0.5)
-    reset_shop(ledger_url, settings)
-    engine = make_engine(ledger_url, pool_size=1)
-    _, key = create_key(engine, f"t-{uuid.uuid4().hex[:6]}", "app")
-    engine.dispose()
-    first, second = gateway_factory(settings), gateway_factory(settings)
-    for client in (first, second):
-        client.app.state.runtime.heartbeat()
+    first, second, key = _two_gateways(gateway_factory, pg_home, ledger_url, session_idle_s=0.5)
     owner, other = Api(first, key), Api(second, key)
     idle, _ = owner.session()
     owner.call(idle, 1, "list_products")

@@ -21,9 +21,8 @@ from sqlalchemy.pool import NullPool
 
 from gateway.auth.service import create_key
 from gateway.db import make_engine
-from lab.servers import LocalGateway
 from tests.conftest import make_settings, reset_shop
-from tests.gateway.helpers import sequential_run, shop_state
+from tests.gateway.helpers import local_gateways, sequential_run, shop_state
 from tests.support.proxy import RoundRobinProxy
 
 SESSIONS = 20
@@ -43,19 +42,10 @@ def _seed_products(url: str) -> None:
 
 @pytest.fixture
 def balancer(pg_home: Path, ledger_url: str, tmp_path: Path) -> Iterator[str]:
-    reset_shop(ledger_url, make_settings(pg_home, ledger_url))
-    _seed_products(ledger_url)
-    env = {"SPECGATE_HOME": str(pg_home), "SPECGATE_DATABASE_URL": ledger_url,
-           "SPECGATE_ADAPTERS": '["demo"]'}
-    gateways = [LocalGateway(env=env, log_path=tmp_path / f"gateway-{i}.log") for i in range(3)]
-    try:
-        for gateway in gateways:
-            gateway.start()
-        with RoundRobinProxy([("127.0.0.1", g.port) for g in gateways]) as proxy:
-            yield f"http://127.0.0.1:{proxy.port}"
-    finally:
-        for gateway in gateways:
-            gateway.stop()
+    with local_gateways(pg_home, ledger_url, tmp_path, 3) as gateways, \
+            RoundRobinProxy([("127.0.0.1", g.port) for g in gateways]) as proxy:
+        _seed_products(ledger_url)
+        yield f"http://127.0.0.1:{proxy.port}"
 
 
 def _steps(i: int) -> list[tuple[str, dict[str, Any], int]]:
@@ -181,17 +171,12 @@ def _turns(base: str, key: str, i: int, turns: int) -> tuple[list[str], int]:
 
 def test_a_gateway_joins_and_another_drains_under_traffic(
         pg_home: Path, ledger_url: str, tmp_path: Path) -> None:
-    reset_shop(ledger_url, make_settings(pg_home, ledger_url))
-    _seed_products(ledger_url)
-    env = {"SPECGATE_HOME": str(pg_home), "SPECGATE_DATABASE_URL": ledger_url,
-           "SPECGATE_ADAPTERS": '["demo"]', "SPECGATE_DRAIN_GRACE_S": "5"}
-    gateways = [LocalGateway(env=env, log_path=tmp_path / f"gateway-{i}.log") for i in range(4)]
     engine = make_engine(ledger_url, pool_size=1)
     _, key = create_key(engine, f"pool-{uuid.uuid4().hex[:6]}", "app")
     engine.dispose()
-    try:
-        for gateway in gateways:
-            gateway.start()
+    with local_gateways(pg_home, ledger_url, tmp_path, 4,
+                        SPECGATE_DRAIN_GRACE_S="5") as gateways:
+        _seed_products(ledger_url)
         address = [("127.0.0.1", g.port) for g in gateways]
         with RoundRobinProxy(address[:3]) as proxy, ThreadPoolExecutor(SESSIONS) as pool:
             base = f"http://127.0.0.1:{proxy.port}"
@@ -216,6 +201,3 @@ def test_a_gateway_joins_and_another_drains_under_traffic(
                 "WHERE g.id = :g"), {"g": f"{socket.gethostname()}:{drained.port}"}).scalar_one()
         raw.dispose()
         assert stranded == 0
-    finally:
-        for gateway in gateways:
-            gateway.stop()
