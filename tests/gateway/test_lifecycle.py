@@ -199,3 +199,52 @@ def test_a_database_that_cannot_be_reached_gives_a_retryable_503(
         assert answer.status_code == 503, answer.text
         assert answer.headers["retry-after"] == "1"
         assert answer.json()["error"]["code"] == "database_unavailable"
+
+
+def test_a_database_out_of_connections_gives_retryable_503s_never_a_500(
+        pg_home: Path, ledger_url: str) -> None:
+    """Held turns use up what Postgres allows (here a role capped at 3 connections, as a full
+    ``max_connections`` would): every request is answered 201 or 503 in the JSON envelope
+    with Retry-After, none 500, and the gateway goes on once connections are free again."""
+    from fastapi.testclient import TestClient
+    from sqlalchemy.engine import make_url
+
+    from gateway.app import create_app
+
+    role = f"sg_capped_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(ledger_url, poolclass=NullPool)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 3')
+        conn.exec_driver_sql(f'GRANT ALL ON ALL TABLES IN SCHEMA public TO "{role}"')
+        conn.exec_driver_sql(f'GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO "{role}"')
+    capped = make_url(ledger_url).set(username=role).render_as_string(hide_password=False)
+    settings = make_settings(pg_home, capped)
+    reset_shop(ledger_url, make_settings(pg_home, ledger_url))
+    engine = make_engine(ledger_url, pool_size=1)
+    _, key = create_key(engine, f"t-{uuid.uuid4().hex[:6]}", "app")
+    engine.dispose()
+    try:
+        with TestClient(create_app(settings, background=False)) as client:
+            api = Api(client, key)
+            answers = []
+            for i in range(6):  # each open turn with a held call keeps a connection
+                created = api.post("/v1/sessions", {})
+                answers.append(created)
+                if created.status_code == 201:
+                    answers.append(api.post(f"/v1/sessions/{created.json()['id']}/calls", {
+                        "tool": "demo.create_order", "client_call_id": 1,
+                        "arguments": {"customer": f"c{i}"}}))
+            codes = [a.status_code for a in answers]
+            assert set(codes) <= {201, 503} and 503 in codes, codes
+            for refused in (a for a in answers if a.status_code == 503):
+                assert refused.headers["retry-after"] == "1"
+                assert refused.json()["error"]["code"] in ("database_unavailable", "capacity")
+            for created in (a.json() for a in answers if "turns" in a.json()):
+                sid, tid = created["id"], created["turns"][0]["id"]
+                assert api.post(f"/v1/sessions/{sid}/turns/{tid}/cancel", {}).status_code == 200
+            assert api.post("/v1/sessions", {}).status_code == 201  # connections free again
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'DROP OWNED BY "{role}"')
+            conn.exec_driver_sql(f'DROP ROLE "{role}"')
+        admin.dispose()
