@@ -13,10 +13,14 @@ escapes a route is a bug and becomes a 500 without hiding it from the logs.
      ├── NotFound              404  not_found
      ├── Conflict              409  conflict             (state does not allow it)
      │    ├── IdempotencyMismatch 409 idempotency_key_reused
+     │    ├── OwnedElsewhere   409  session_owned_elsewhere (another live gateway owns it)
      │    └── ledger.transitions.StaleTransition 409 stale_state (another writer won)
      └── Unavailable           429/503 capacity          (bounded resources exhausted, the
-                                                         database or an owner unreachable;
-                                                         answered with Retry-After)
+                                                         database or an owner unreachable,
+                                                         the gateway draining; Retry-After)
+
+``final`` says whether an answer is the request's outcome, which an Idempotency-Key keeps for
+its retries, or only where or when to ask (``Unavailable``, ``OwnedElsewhere``: not kept).
 
 A database that cannot be reached (connection refused or lost, the pool or the server out of
 connections) is not a bug: ``database_unavailable`` turns it into a 503 the client retries.
@@ -38,6 +42,7 @@ DATABASE_DOWN = (sa_exc.OperationalError, sa_exc.TimeoutError, psycopg.Operation
 class SpecgateError(Exception):
     status_code = 400
     code = "error"
+    final = True
 
     def __init__(self, message: str, *, code: str | None = None, **details: Any) -> None:
         super().__init__(message)
@@ -56,6 +61,13 @@ class SpecgateError(Exception):
 def error_response(error: SpecgateError) -> JSONResponse:
     headers = {"Retry-After": str(RETRY_AFTER_S)} if isinstance(error, Unavailable) else None
     return JSONResponse(error.to_body(), status_code=error.status_code, headers=headers)
+
+
+def draining() -> Unavailable:
+    """What a gateway that is shutting down answers when asked for a session or turn it will
+    not take: the retry reaches a gateway that stays."""
+    return Unavailable("this gateway is shutting down and takes no new session or turn; retry",
+                       code="draining", status_code=503)
 
 
 def database_unavailable(error: Exception) -> Unavailable:
@@ -98,12 +110,22 @@ class IdempotencyMismatch(Conflict):
     code = "idempotency_key_reused"
 
 
+class OwnedElsewhere(Conflict):
+    """Another live gateway owns the session (``details``: its id and its advertised URL).
+    Not final: the gateway's front forwards the request to that URL, where it runs under the
+    same Idempotency-Key."""
+
+    code = "session_owned_elsewhere"
+    final = False
+
+
 class Unavailable(SpecgateError):
     """A bounded resource is exhausted, or the database or a session's owner cannot be
     reached; the client may retry after ``Retry-After``."""
 
     status_code = 429
     code = "capacity"
+    final = False
 
     def __init__(self, message: str, *, status_code: int = 429, **details: Any) -> None:
         super().__init__(message, **details)

@@ -20,13 +20,7 @@ from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from starlette.responses import Response
 
-from gateway.errors import (
-    Conflict,
-    IdempotencyMismatch,
-    SpecgateError,
-    Unavailable,
-    error_response,
-)
+from gateway.errors import Conflict, IdempotencyMismatch, SpecgateError, error_response
 from gateway.ledger import models
 
 TABLE = models.table_of(models.IdempotencyRecord)
@@ -82,17 +76,11 @@ def run(ledger: Engine, tenant: str, key: str | None, request_hash: str,
     return response
 
 
-# Answers that say where or when to ask, not what happened: the key stays free for the retry.
-# ``session_owned_elsewhere`` in particular is turned into a forward to the owner, which must
-# run the request under the same key (the records are shared by every gateway).
-_NOT_FINAL = frozenset({"session_owned_elsewhere"})
-
-
 def _respond(handler: Callable[[], tuple[int, Any]]) -> tuple[Response, bool]:
     """The handler's answer, and whether it is final (kept for the key's retries)."""
     try:
         status, body = handler()
     except SpecgateError as error:
         response = error_response(error)  # with its Retry-After, when it has one
-        return response, not (isinstance(error, Unavailable) or error.code in _NOT_FINAL)
+        return response, error.final
     return _json(status, body), status < 500 and status != 429

@@ -30,7 +30,7 @@ from sqlalchemy import text
 
 from gateway.config import Settings
 from gateway.db import Databases
-from gateway.errors import Conflict, NotFound, Unavailable
+from gateway.errors import NotFound, OwnedElsewhere, draining
 from gateway.presence import ALIVE
 
 if TYPE_CHECKING:  # types only: the parts are built by gateway.app.create_runtime
@@ -155,20 +155,15 @@ class Runtime:
                  "lease": self.settings.owner_lease_s, "draining": self.draining},
             ).first()
             if row is None:  # not ours (any more): forget what we believed of it
-                self._owned.pop(session_id, None)
-                self.scopes.pop(session_id, None)
+                self._forget(session_id)
                 owner = conn.execute(_OWNER, {"sid": session_id, "tenant": tenant}).first()
                 if owner is None:
                     raise NotFound(f"session {session_id!r} not found")
                 if self.draining and owner.owner_id in (None, self.gateway_id):
-                    raise Unavailable("this gateway is shutting down and takes no session; "
-                                      "retry", code="draining", status_code=503)
-                raise Conflict(
+                    raise draining()
+                raise OwnedElsewhere(
                     f"session {session_id!r} is owned by gateway {owner.owner_id!r}",
-                    code="session_owned_elsewhere",
-                    owner=owner.owner_id,
-                    owner_url=owner.url,
-                )
+                    owner=owner.owner_id, owner_url=owner.url)
         self._owned[session_id] = (tenant, time.monotonic() + self.settings.owner_recheck_s)
         previous = row.previous
         return previous if previous not in (None, self.gateway_id) else None
@@ -201,9 +196,13 @@ class Runtime:
                                     {"sid": session_id, "me": self.gateway_id,
                                      "idle": unused_for_s}).rowcount
         if released:
-            self._owned.pop(session_id, None)
-            self.scopes.pop(session_id, None)
+            self._forget(session_id)
         return bool(released)
+
+    def _forget(self, session_id: str) -> None:
+        """Drop what this gateway believed of a session it no longer owns."""
+        self._owned.pop(session_id, None)
+        self.scopes.pop(session_id, None)
 
     def forget_ownership(self) -> None:
         """Claim every session again on its next request (the presence lock was lost, so

@@ -28,7 +28,6 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from gateway.ledger.rows import load_scope
-from gateway.ledger.states import TurnStatus
 from gateway.runtime import Runtime
 from gateway.turns import service as turns_service
 
@@ -58,11 +57,7 @@ def _let_go(rt: Runtime, *, cancel: bool) -> tuple[int, int]:
             if rt.holds.get(scope.turn.id) is not None:
                 if not cancel:
                     continue  # a call was held since the list was read: wait for its turn
-                if scope.turn.status == TurnStatus.OPEN:
-                    turns_service.cancel_turn(rt, scope, REASON)
-                    cancelled += 1
-                else:
-                    turns_service.release_hold(rt, scope.turn.id)
+                cancelled += turns_service.end_held(rt, scope, REASON)
             rt.disown(session_id)
             released += 1
     return released, cancelled

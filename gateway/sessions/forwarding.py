@@ -27,7 +27,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.asgi import read_body, replay
-from gateway.errors import SpecgateError, Unavailable, error_response
+from gateway.errors import OwnedElsewhere, SpecgateError, Unavailable, error_response
 
 log = logging.getLogger("specgate.forwarding")
 
@@ -123,7 +123,7 @@ class _HeldAnswer:
             error = orjson.loads(body)["error"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return None
-        if error.get("code") != "session_owned_elsewhere":
+        if error.get("code") != OwnedElsewhere.code:
             return None
         url = (error.get("details") or {}).get("owner_url")
         return url if isinstance(url, str) and url else None

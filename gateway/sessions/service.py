@@ -10,7 +10,7 @@ from sqlalchemy import insert, select
 from gateway.calls import service as calls_service
 from gateway.calls.schemas import IssueCall
 from gateway.calls.views import call_view
-from gateway.errors import NotFound, Unavailable
+from gateway.errors import NotFound, draining
 from gateway.ledger import models
 from gateway.ledger.audit import ensure_chain
 from gateway.ledger.transitions import now
@@ -44,8 +44,7 @@ def check_session(rt: Runtime, tenant: str, session_id: str) -> None:
 
 def create_session(rt: Runtime, tenant: str, metadata: dict[str, Any]) -> str:
     if rt.draining:
-        raise Unavailable("this gateway is shutting down; retry", code="draining",
-                          status_code=503)
+        raise draining()
     session_id = models.new_id("ses")
     with rt.dbs.ledger.begin() as conn:
         ensure_chain(conn, tenant)

@@ -28,7 +28,7 @@ from sqlalchemy import Connection, text
 
 from gateway.calls import approvals
 from gateway.calls import service as calls_service
-from gateway.errors import Conflict
+from gateway.errors import OwnedElsewhere, Unavailable
 from gateway.ledger.rows import TurnScope, load_scope
 from gateway.ledger.states import CallStatus, TurnStatus
 from gateway.ledger.transitions import now
@@ -134,13 +134,21 @@ def _orphan_turns(rt: Runtime, startup: bool) -> list[tuple[str, str, str]]:
 
 def _recover_turn(rt: Runtime, tenant: str, session_id: str, turn_id: str,
                   counts: dict[str, int]) -> None:
-    try:
-        rt.claim(session_id, tenant)
-    except Conflict:
-        return  # a live gateway took it over meanwhile
+    if not _claimed(rt, session_id, tenant):
+        return
     with rt.session_lock(session_id):
         if rt.holds.get(turn_id) is None:  # else this process holds it: not an orphan
             _resolve_orphan(rt, turns_service.reload(rt, tenant, session_id, turn_id), counts)
+
+
+def _claimed(rt: Runtime, session_id: str, tenant: str) -> bool:
+    """Whether this gateway owns the session now, taking it if it may: not when a live gateway
+    took it over meanwhile, nor while this one drains (it takes no session then)."""
+    try:
+        rt.claim(session_id, tenant)
+    except (OwnedElsewhere, Unavailable):
+        return False
+    return True
 
 
 def recover_session(rt: Runtime, tenant: str, session_id: str) -> None:
@@ -184,13 +192,10 @@ def _cancel_idle(rt: Runtime, counts: dict[str, int]) -> None:
                 continue
             rt.forget_scope(row.session_id)
             scope = turns_service.reload(rt, row.tenant, row.session_id, turn_id)
-            if scope.turn.status != T.OPEN:  # decided without this gateway (taken over)
-                turns_service.release_hold(rt, turn_id)
-                continue
-            turns_service.cancel_turn(
-                rt, scope, f"no request for {idle_s:g} s (SPECGATE_TURN_IDLE_S): the turn was "
-                "abandoned; its held effects were rolled back")
-            counts["idle_turns"] += 1
+            if turns_service.end_held(
+                    rt, scope, f"no request for {idle_s:g} s (SPECGATE_TURN_IDLE_S): the turn "
+                    "was abandoned; its held effects were rolled back"):
+                counts["idle_turns"] += 1
 
 
 _IDLE_SESSIONS = text(
@@ -227,9 +232,7 @@ def _reap(rt: Runtime, counts: dict[str, int]) -> None:
     with rt.dbs.ledger.connect() as conn:
         rows = list(conn.execute(query, {"me": rt.gateway_id, "lease": rt.settings.owner_lease_s}))
     for row in rows:
-        try:
-            rt.claim(row.session_id, row.tenant)
-        except Conflict:
+        if not _claimed(rt, row.session_id, row.tenant):
             continue
         with rt.session_lock(row.session_id):
             rt.forget_scope(row.session_id)

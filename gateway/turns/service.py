@@ -15,7 +15,7 @@ from sqlalchemy import Connection
 
 from gateway import metrics
 from gateway.calls import service as calls_service
-from gateway.errors import Conflict, Unavailable
+from gateway.errors import Conflict, draining
 from gateway.ledger import models
 from gateway.ledger.rows import TurnRow, TurnScope, load_scope, load_turn
 from gateway.ledger.states import RESOLVED_TURN_STATUSES, CallStatus, TurnStatus
@@ -51,8 +51,7 @@ def open_next_turn(rt: Runtime, tenant: str, session_id: str) -> TurnScope:
     opens none: it lets the session go, and the client's retry reaches a gateway that stays."""
     if rt.draining:
         rt.disown(session_id)
-        raise Unavailable("this gateway is shutting down; retry and another gateway opens the "
-                          "turn", code="draining", status_code=503)
+        raise draining()
     rt.forget_scope(session_id)
     with rt.dbs.ledger.begin() as conn:
         last = load_turn(conn, tenant, session_id, None)
@@ -81,6 +80,17 @@ def release_hold(rt: Runtime, turn_id: str) -> None:
     if not any(held.prepared for held in hold.connections.values()):
         hold.rollback()
     rt.holds.drop(turn_id)
+
+
+def end_held(rt: Runtime, scope: TurnScope, reason: str) -> bool:
+    """End what this gateway holds of the turn: cancel the turn (``reason``) while it is open,
+    else let go of the hold, since the ledger decided the turn without this gateway. Whether
+    the turn was cancelled."""
+    if scope.turn.status == T.OPEN:
+        cancel_turn(rt, scope, reason)
+        return True
+    release_hold(rt, scope.turn.id)
+    return False
 
 
 def end_turn(rt: Runtime, scope: TurnScope, via: str | None, target: str, call_target: str,

@@ -15,10 +15,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from gateway.auth.service import create_key
-from gateway.db import make_engine
 from lab.servers import LocalGateway
-from tests.gateway.helpers import local_gateways, shop_state
+from tests.gateway.helpers import local_gateways, new_keys, shop_state
 
 GRACE_S = 3.0
 
@@ -48,9 +46,7 @@ def _order(client: httpx.Client, sid: str, customer: str) -> None:
 def test_sigterm_drains_open_turns_then_lets_every_session_go(
         pair: tuple[LocalGateway, ...], ledger_url: str) -> None:
     stopping, staying = pair
-    engine = make_engine(ledger_url, pool_size=1)
-    _, key = create_key(engine, f"drain-{uuid.uuid4().hex[:6]}", "app")
-    engine.dispose()
+    [key] = new_keys(ledger_url, f"drain-{uuid.uuid4().hex[:6]}", "app")
     auth = {"Authorization": f"Bearer {key}"}
     with httpx.Client(base_url=stopping.url, headers=auth, timeout=30) as old, \
             httpx.Client(base_url=staying.url, headers=auth, timeout=30) as new:

@@ -17,12 +17,10 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from gateway.auth.service import create_key
-from gateway.db import make_engine
 from gateway.sessions.forwarding import HEADER
 from lab.servers import LocalGateway
 from tests.conftest import make_settings, reset_shop
-from tests.gateway.helpers import local_gateways, sequential_run, shop_state
+from tests.gateway.helpers import local_gateways, new_keys, sequential_run, shop_state
 
 LEASE_S = 15.0  # the default: failover must not wait for it
 
@@ -36,9 +34,7 @@ def pair(pg_home: Path, ledger_url: str, tmp_path: Path) -> Iterator[tuple[Local
 
 @pytest.fixture
 def key(ledger_url: str) -> str:
-    engine = make_engine(ledger_url, pool_size=1)
-    _, secret = create_key(engine, f"fwd-{uuid.uuid4().hex[:6]}", "app")
-    engine.dispose()
+    [secret] = new_keys(ledger_url, f"fwd-{uuid.uuid4().hex[:6]}", "app")
     return secret
 
 
@@ -176,10 +172,7 @@ def test_a_paused_owner_commits_nothing_once_resumed(
     committed, no call is left live in a decided turn, and the audit chain verifies."""
     first, second = short_lease_pair
     tenant = f"pause-{uuid.uuid4().hex[:6]}"
-    engine = make_engine(ledger_url, pool_size=1)
-    _, key = create_key(engine, tenant, "app")
-    _, admin = create_key(engine, tenant, "admin")
-    engine.dispose()
+    key, admin = new_keys(ledger_url, tenant, "app", "admin")
     assert first.process is not None
     with _client(first, key) as paused, _client(second, key) as other:
         session = paused.post("/v1/sessions", json={}).json()

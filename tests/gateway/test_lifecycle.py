@@ -18,7 +18,7 @@ from gateway.migrate import downgrade_ledger, upgrade_ledger
 from gateway.turns import recovery
 from lab.servers import free_port
 from tests.conftest import make_settings, reset_shop
-from tests.gateway.helpers import Api, shop_state
+from tests.gateway.helpers import Api, new_keys, shop_state
 
 
 def _gateway(gateway_factory: Any, pg_home: Path, ledger_url: str, **overrides: Any) -> Api:
@@ -220,9 +220,7 @@ def test_a_database_out_of_connections_gives_retryable_503s_never_a_500(
     capped = make_url(ledger_url).set(username=role).render_as_string(hide_password=False)
     settings = make_settings(pg_home, capped)
     reset_shop(ledger_url, make_settings(pg_home, ledger_url))
-    engine = make_engine(ledger_url, pool_size=1)
-    _, key = create_key(engine, f"t-{uuid.uuid4().hex[:6]}", "app")
-    engine.dispose()
+    [key] = new_keys(ledger_url, f"t-{uuid.uuid4().hex[:6]}", "app")
     try:
         with TestClient(create_app(settings, background=False)) as client:
             api = Api(client, key)

@@ -11,11 +11,9 @@ from typing import Any
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from gateway.auth.service import create_key
-from gateway.db import make_engine
 from gateway.turns import recovery
 from tests.conftest import make_settings, reset_shop
-from tests.gateway.helpers import Api, shop_state
+from tests.gateway.helpers import Api, new_keys, shop_state
 
 
 def _two_gateways(gateway_factory: Any, pg_home: Path, ledger_url: str,
@@ -24,9 +22,7 @@ def _two_gateways(gateway_factory: Any, pg_home: Path, ledger_url: str,
     key of a new tenant."""
     settings = make_settings(pg_home, ledger_url, **overrides)
     reset_shop(ledger_url, settings)
-    engine = make_engine(ledger_url, pool_size=1)
-    _, key = create_key(engine, f"t-{uuid.uuid4().hex[:6]}", "app")
-    engine.dispose()
+    [key] = new_keys(ledger_url, f"t-{uuid.uuid4().hex[:6]}", "app")
     first, second = gateway_factory(settings), gateway_factory(settings)
     for client in (first, second):
         client.app.state.runtime.heartbeat()

@@ -19,10 +19,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from gateway.auth.service import create_key
-from gateway.db import make_engine
 from tests.conftest import make_settings, reset_shop
-from tests.gateway.helpers import local_gateways, sequential_run, shop_state
+from tests.gateway.helpers import local_gateways, new_keys, sequential_run, shop_state
 from tests.support.proxy import RoundRobinProxy
 
 SESSIONS = 20
@@ -86,9 +84,7 @@ def _session(base: str, key: str, i: int) -> list[str]:
 def test_twenty_sessions_through_three_gateways_without_affinity(
         balancer: str, pg_home: Path, ledger_url: str) -> None:
     tenant = f"scale-{uuid.uuid4().hex[:6]}"
-    engine = make_engine(ledger_url, pool_size=1)
-    _, key = create_key(engine, tenant, "app")
-    engine.dispose()
+    [key] = new_keys(ledger_url, tenant, "app")
     with ThreadPoolExecutor(SESSIONS) as pool:
         results = list(pool.map(lambda i: _session(balancer, key, i), range(SESSIONS)))
     assert results == [["committed", "committed", "cancelled", "committed", "committed"]
@@ -171,9 +167,7 @@ def _turns(base: str, key: str, i: int, turns: int) -> tuple[list[str], int]:
 
 def test_a_gateway_joins_and_another_drains_under_traffic(
         pg_home: Path, ledger_url: str, tmp_path: Path) -> None:
-    engine = make_engine(ledger_url, pool_size=1)
-    _, key = create_key(engine, f"pool-{uuid.uuid4().hex[:6]}", "app")
-    engine.dispose()
+    [key] = new_keys(ledger_url, f"pool-{uuid.uuid4().hex[:6]}", "app")
     with local_gateways(pg_home, ledger_url, tmp_path, 4,
                         SPECGATE_DRAIN_GRACE_S="5") as gateways:
         _seed_products(ledger_url)
