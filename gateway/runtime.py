@@ -11,7 +11,9 @@ its presence lock (``gateway.presence``); a request for a session that another l
 is refused with 409 ``session_owned_elsewhere`` naming the owner and its address, which the
 gateway's front (``gateway.sessions.forwarding``) turns into a forward. Ownership is cached for
 ``owner_recheck_s`` only, then claimed again: a gateway that was paused while another took its
-sessions over learns it on its next request, instead of serving from a stale belief.
+sessions over learns it on its next request, instead of serving from a stale belief. And the
+ownership it claimed carries the session's epoch, the fencing token every ledger write of the
+session checks in its own statement: a write made while the belief was stale is refused.
 """
 
 from __future__ import annotations
@@ -40,13 +42,16 @@ if TYPE_CHECKING:  # types only: the parts are built by gateway.app.create_runti
     from gateway.tools.registry import Registry
     from gateway.transactions.holder import HeldTurns
 
+# Taking the session from anyone else (or from no one) moves its epoch on: writes made under
+# the previous epoch are refused from then on (gateway.ledger.transitions).
 _CLAIM = text(
     f"""
-    UPDATE sessions s SET owner_id = :me, owner_seen_at = now()
+    UPDATE sessions s SET owner_id = :me, owner_seen_at = now(),
+           epoch = s.epoch + CASE WHEN s.owner_id = :me THEN 0 ELSE 1 END
      WHERE s.id = :sid AND s.tenant = :tenant AND (s.owner_id = :me OR (NOT :draining AND (
            s.owner_id IS NULL OR NOT EXISTS (
                SELECT 1 FROM gateways g WHERE g.id = s.owner_id AND {ALIVE}))))
-    RETURNING (SELECT owner_id FROM sessions WHERE id = :sid) AS previous
+    RETURNING (SELECT owner_id FROM sessions WHERE id = :sid) AS previous, s.epoch
     """
 )
 
@@ -119,6 +124,15 @@ def default_gateway_id(port: int | None = None) -> str:
     return f"{socket.gethostname()}:{port if port is not None else os.getpid()}"
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A session owned: ``previous`` names the gateway it was taken from (its turn is to be
+    recovered), ``epoch`` is the fencing token to write under."""
+
+    previous: str | None
+    epoch: int
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -132,22 +146,23 @@ class Runtime:
     draining: bool = False  # stopping (gateway.sessions.drain): it takes no session or turn
     session_lock: SessionLocks = field(default_factory=SessionLocks)
     # Both caches are bounded: an evicted session is claimed or read again on its next request.
-    # session id → (tenant, when to claim it again, time.monotonic())
-    _owned: LruDict[str, tuple[str, float]] = field(default_factory=lambda: LruDict(100_000))
+    # session id → (tenant, when to claim it again (time.monotonic()), epoch it is owned under)
+    _owned: LruDict[str, tuple[str, float, int]] = field(
+        default_factory=lambda: LruDict(100_000))
     # The latest turn of each owned session, as the ledger has it: the services keep it in
     # step as they write (they are the only writers while this gateway owns the session), so a
     # request does not read the turn's calls again. Dropped on any error or outside write.
     scopes: LruDict[str, TurnScope] = field(default_factory=lambda: LruDict(10_000))
 
-    def claim(self, session_id: str, tenant: str) -> str | None:
-        """Own the tenant's session (idempotent); returns the previous owner when taken over.
-        Raises NotFound for a session of another tenant, as if it did not exist."""
+    def claim(self, session_id: str, tenant: str) -> Claim:
+        """Own the tenant's session (idempotent). Raises NotFound for a session of another
+        tenant, as if it did not exist, and OwnedElsewhere when a live gateway owns it."""
         known = self._owned.get(session_id)
         if known is not None:
             if known[0] != tenant:
                 raise NotFound(f"session {session_id!r} not found")
             if time.monotonic() < known[1]:
-                return None
+                return Claim(None, known[2])
         with self.dbs.ledger.begin() as conn:
             row = conn.execute(
                 _CLAIM,
@@ -155,7 +170,7 @@ class Runtime:
                  "lease": self.settings.owner_lease_s, "draining": self.draining},
             ).first()
             if row is None:  # not ours (any more): forget what we believed of it
-                self._forget(session_id)
+                self.lost(session_id)
                 owner = conn.execute(_OWNER, {"sid": session_id, "tenant": tenant}).first()
                 if owner is None:
                     raise NotFound(f"session {session_id!r} not found")
@@ -164,9 +179,15 @@ class Runtime:
                 raise OwnedElsewhere(
                     f"session {session_id!r} is owned by gateway {owner.owner_id!r}",
                     owner=owner.owner_id, owner_url=owner.url)
-        self._owned[session_id] = (tenant, time.monotonic() + self.settings.owner_recheck_s)
-        previous = row.previous
-        return previous if previous not in (None, self.gateway_id) else None
+        previous = row.previous if row.previous != self.gateway_id else None
+        if known is not None and known[2] != row.epoch:
+            # Another gateway owned it meanwhile (and let it go): what this one believed of
+            # the session is stale, and its turn must be recovered as after a takeover.
+            self.lost(session_id)
+            previous = previous or "(a gateway that let it go)"
+        self._owned[session_id] = (tenant, time.monotonic() + self.settings.owner_recheck_s,
+                                   row.epoch)
+        return Claim(previous, row.epoch)
 
     def forget_scope(self, session_id: str) -> None:
         self.scopes.pop(session_id, None)
@@ -203,6 +224,15 @@ class Runtime:
         """Drop what this gateway believed of a session it no longer owns."""
         self._owned.pop(session_id, None)
         self.scopes.pop(session_id, None)
+
+    def lost(self, session_id: str) -> None:
+        """The session passed to another gateway: let go of what this one still holds of its
+        turn (rolled back, unless prepared: a prepared transaction's fate is its decision) and
+        forget what it believed of it."""
+        scope = self.scopes.get(session_id)
+        if scope is not None:
+            self.holds.release(scope.turn.id)
+        self._forget(session_id)
 
     def forget_ownership(self) -> None:
         """Claim every session again on its next request (the presence lock was lost, so

@@ -17,7 +17,6 @@ from sqlalchemy import Engine, insert, select, update
 
 from gateway.errors import Forbidden, NotFound, Unauthorized
 from gateway.ledger import models
-from gateway.ledger.audit import ensure_chain
 from gateway.ledger.transitions import now
 
 KEY_PREFIX = "sgk_"
@@ -51,7 +50,6 @@ def create_key(ledger: Engine, tenant: str, role: Role | str, name: str = "") ->
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     key_id = models.new_id("key")
     with ledger.begin() as conn:
-        ensure_chain(conn, tenant)
         conn.execute(insert(models.ApiKey).values(
             id=key_id, tenant=tenant, role=role, name=name, key_hash=hash_key(secret)))
     return key_id, secret

@@ -187,10 +187,10 @@ def _held_moves(conn: Connection, members: list[CallRow], me: CallRow, approve: 
         if any(m.requires_approval and m.status == S.AWAITING_APPROVAL for m in others):
             return None  # more approvals to come
         riders = [m for m in others if m.status == S.AWAITING_APPROVAL]
-        transition_calls(conn, me.tenant, [
+        transition_calls(conn, [
             CallMove(m.subject, S.AWAITING_APPROVAL, S.APPROVED, {"decided_at": at})
             for m in riders])
-        transition_calls(conn, me.tenant, [
+        transition_calls(conn, [
             CallMove(m.subject, S.APPROVED, S.SUCCEEDED, {"decided_at": at, "finished_at": at})
             for m in members])
         return COMMIT
@@ -198,7 +198,7 @@ def _held_moves(conn: Connection, members: list[CallRow], me: CallRow, approve: 
                     {"confirm_token_hash": None, "decided_at": at, "finished_at": at}, detail)
     error = {"code": "denied_with_turn",
              "message": f"call {me.id!r} of the same turn transaction was denied"}
-    transition_calls(conn, me.tenant, [
+    transition_calls(conn, [
         CallMove(m.subject, m.status, S.DENIED if m.status == S.AWAITING_APPROVAL else S.FAILED,
                  {"decided_at": at, "finished_at": at, "error": error})
         for m in others])

@@ -1,10 +1,18 @@
-"""The audit trail: every status change of a call or turn is an event, hash-chained per tenant.
+"""The audit trail: every status change of a call or turn is an event, hash-chained per session.
 
 ``hash = sha256(prev_hash || canonical(event))``. The chain is extended by the
-``specgate_append_events`` function (migration 0002) in the same statement as the status change
-it records (``gateway.ledger.transitions``), under a lock of the tenant's chain head, so an event
-exists exactly when its change does. ``verify_chain`` recomputes a tenant's chain from the stored
-events and names the first event where it breaks.
+``specgate_append_events`` function (migration 0006) in the same statement as the status change
+it records (``gateway.ledger.transitions``), under a lock of the session's row, which holds the
+chain's head: an event exists exactly when its change does, and sessions never queue on a row
+they share (one chain per tenant made every gateway wait on one row). ``verify_chain``
+recomputes every chain of a tenant from the stored events and names the first event where one
+breaks.
+
+What the chain shows: an event edited, inserted or removed inside a session's history, or
+events cut from its end. What it cannot show, per session as per tenant before it: someone with
+write access to the database who rewrites a chain from the point of the change onwards, or
+deletes a session with all its events. Against that, copy the heads
+(``sessions.audit_seq``, ``audit_hash``) somewhere the database's writers cannot reach.
 """
 
 from __future__ import annotations
@@ -17,7 +25,6 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from gateway.ledger import models
 
@@ -50,34 +57,44 @@ def canonical(subject: Subject, source: str | None, target: str, at: datetime,
     return orjson.dumps(event, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def ensure_chain(conn: Connection, tenant: str) -> None:
-    """Create the tenant's chain head once (appends lock and advance it)."""
-    stmt = pg_insert(models.AuditHead).values(
-        tenant=tenant, seq=0, hash=GENESIS, prev_hash=GENESIS
-    )
-    conn.execute(stmt.on_conflict_do_nothing(index_elements=["tenant"]))
-
-
-def _stored_events(conn: Connection, tenant: str) -> Iterator[Any]:
+def _stored_events(conn: Connection, session_id: str) -> Iterator[Any]:
     table = models.table_of(models.CallEvent)
     yield from conn.execute(
-        select(table).where(table.c.tenant == tenant).order_by(table.c.seq)
+        select(table).where(table.c.session_id == session_id).order_by(table.c.seq)
     ).yield_per(1000)
 
 
-def verify_chain(conn: Connection, tenant: str) -> int:
-    """Recompute the tenant's chain; returns the number of events, raises on a break."""
+def verify_session(conn: Connection, session_id: str, head: tuple[int, str]) -> int:
+    """Recompute one session's chain up to its head (seq, hash); returns its number of events,
+    raises ``ValueError`` naming the first event where it breaks."""
     expected_prev, count = GENESIS, 0
-    for row in _stored_events(conn, tenant):
+    for row in _stored_events(conn, session_id):
         subject = Subject(row.tenant, row.session_id, row.turn_id, row.call_id)
         payload = canonical(subject, row.from_status, row.to_status, row.at, row.detail)
         digest = hashlib.sha256((expected_prev + payload).encode()).hexdigest()
-        if row.prev_hash != expected_prev or row.hash != digest:
-            raise ValueError(f"audit chain of {tenant!r} breaks at event seq {row.seq}")
+        if row.seq != count + 1 or row.prev_hash != expected_prev or row.hash != digest:
+            raise ValueError(f"audit chain of session {session_id!r} breaks at event seq "
+                             f"{row.seq}")
         expected_prev, count = row.hash, count + 1
-    head = conn.execute(
-        select(models.AuditHead.hash).where(models.AuditHead.tenant == tenant)
-    ).scalar()
-    if count and head != expected_prev:
-        raise ValueError(f"audit chain head of {tenant!r} does not match its last event")
+    if (count, expected_prev) != head:
+        raise ValueError(f"audit chain head of session {session_id!r} does not match its "
+                         "last event")
     return count
+
+
+def verify_chain(conn: Connection, tenant: str) -> int:
+    """Verify every session chain of the tenant; returns the number of events, raises
+    ``ValueError`` on a break, or on events whose session row is gone."""
+    sessions = models.table_of(models.Session)
+    events = models.table_of(models.CallEvent)
+    total = 0
+    for row in conn.execute(select(sessions.c.id, sessions.c.audit_seq, sessions.c.audit_hash)
+                            .where(sessions.c.tenant == tenant).order_by(sessions.c.id)):
+        total += verify_session(conn, row.id, (row.audit_seq, row.audit_hash))
+    stray = conn.execute(select(events.c.session_id).where(
+        events.c.tenant == tenant,
+        ~select(sessions.c.id).where(sessions.c.id == events.c.session_id).exists(),
+    ).limit(1)).scalar()
+    if stray is not None:
+        raise ValueError(f"audit events of session {stray!r} remain but the session is gone")
+    return total

@@ -96,6 +96,13 @@ class Session(Base):
     owner_id: Mapped[str | None] = mapped_column(String(64))
     owner_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, default=dict)
+    # The fencing token of ownership: it grows whenever the session passes to another gateway,
+    # and every ledger write of the owner carries the one it claimed under (migration 0006).
+    epoch: Mapped[int] = mapped_column(BigInteger, server_default="0", default=0)
+    # The head of the session's audit chain (gateway.ledger.audit).
+    audit_seq: Mapped[int] = mapped_column(BigInteger, server_default="0", default=0)
+    audit_hash: Mapped[str] = mapped_column(String(64), server_default="0" * 64,
+                                            default="0" * 64)
 
 
 class Turn(Base):
@@ -150,11 +157,12 @@ class Call(Base):
 
 class CallEvent(Base):
     """One row per state transition of a call or a turn: the audit trail, hash-chained per
-    tenant (``hash = sha256(prev_hash + canonical event)``)."""
+    session (``hash = sha256(prev_hash + canonical event)``, ``seq`` counts within the
+    session)."""
 
     __tablename__ = "call_events"
     __table_args__ = (
-        UniqueConstraint("tenant", "seq"),
+        UniqueConstraint("session_id", "seq"),
         Index("ix_call_events_session_id_id", "session_id", "id"),
     )
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -170,14 +178,6 @@ class CallEvent(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
-
-
-class AuditHead(Base):
-    __tablename__ = "audit_heads"
-    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
-    seq: Mapped[int] = mapped_column(BigInteger)
-    hash: Mapped[str] = mapped_column(String(64))
-    prev_hash: Mapped[str] = mapped_column(String(64))
 
 
 class IdempotencyRecord(Base):

@@ -5,6 +5,12 @@ Every status change goes through ``transition_call``, ``transition_calls`` or
 (``gateway.ledger.states``), compare-and-set the row (``WHERE status = :from``) so two writers
 can never both win, and append the audit event (``gateway.ledger.audit``) in the same
 statement, so a change and its event are one fact even in autocommit.
+
+The same statement checks the owner's fencing token: a gateway writes for a session it owns
+inside ``fenced(session_id, epoch)``, with the epoch it claimed the session under, and the
+append refuses the write if the session has passed to another gateway since (``Fenced``, 409).
+Writers that are not the owner (the tool worker, an operator's action outside a request)
+write unfenced; their compare-and-set still keeps them from overtaking anyone.
 """
 
 from __future__ import annotations
@@ -40,6 +46,51 @@ class StaleTransition(Conflict):
     code = "stale_state"
 
 
+class Fenced(Conflict):
+    """The session passed to another gateway (this one was paused, cut off or slow past its
+    lease) while this one was writing: the write was refused whole. The client retries, and the
+    retry reaches the session's owner."""
+
+    code = "ownership_lost"
+    final = False
+
+
+FENCED_SQLSTATE = "SGF01"  # raised by specgate_append_events (migration 0006)
+
+_FENCE: ContextVar[tuple[str, int] | None] = ContextVar("specgate_fence", default=None)
+
+
+@contextmanager
+def fenced(session_id: str, epoch: int) -> Iterator[None]:
+    """Write the session's changes made inside as its owner under ``epoch``."""
+    token = _FENCE.set((session_id, epoch))
+    try:
+        yield
+    finally:
+        _FENCE.reset(token)
+
+
+def _epoch(session_id: str) -> int | None:
+    fence = _FENCE.get()
+    return fence[1] if fence is not None and fence[0] == session_id else None
+
+
+def _fenced(session_id: str) -> Fenced:
+    return Fenced(f"session {session_id!r} passed to another gateway during this request, "
+                  "which changed nothing from that point on; retry it", session_id=session_id)
+
+
+@contextmanager
+def _refused_when_fenced(session_id: str) -> Iterator[None]:
+    """Turn the append's refusal of a stale epoch into ``Fenced``."""
+    try:
+        yield
+    except psycopg.Error as error:
+        if error.sqlstate == FENCED_SQLSTATE:
+            raise _fenced(session_id) from error
+        raise
+
+
 class IllegalTransition(Exception):
     """A move the transition table does not allow: a bug in the caller."""
 
@@ -59,12 +110,15 @@ class Move:
 
 
 def _events(moves: Sequence[Move]) -> list[dict[str, Any]]:
+    """The events of one session's moves, as ``specgate_append_events`` takes them."""
     events = []
     for move in moves:
         at, detail = now(), dict(move.detail or {})
         subject = move.subject
+        if subject.session_id != moves[0].subject.session_id:
+            raise IllegalTransition("one append records the moves of one session")
         events.append({
-            "session_id": subject.session_id, "turn_id": subject.turn_id,
+            "turn_id": subject.turn_id,
             "call_id": subject.call_id, "entity": "turn" if subject.call_id is None else "call",
             "from": move.source, "to": move.target, "at": at.isoformat(), "detail": detail,
             "payload": canonical(subject, move.source, move.target, at, detail),
@@ -72,7 +126,13 @@ def _events(moves: Sequence[Move]) -> list[dict[str, Any]]:
     return events
 
 
-_APPEND_SQL = "SELECT specgate_append_events(%(tenant)s, %(events)s) FROM changed"
+_APPEND_SQL = "SELECT specgate_append_events(%(session)s, %(epoch)s, %(events)s) FROM changed"
+
+
+def _append_params(moves: Sequence[Move]) -> dict[str, Any]:
+    session_id = moves[0].subject.session_id
+    return {"session": session_id, "epoch": _epoch(session_id),
+            "events": Jsonb(_events(moves), dumps=dumps)}
 
 
 def dumps(value: Any) -> str:
@@ -108,7 +168,7 @@ def _update_sql(table_name: str, columns: tuple[str, ...]) -> str:
             f"WHERE id = %(row_id)s AND status = %(source)s RETURNING id) {_APPEND_SQL}")
 
 
-_BATCH: ContextVar[list[tuple[str, psycopg.Cursor[Any]]] | None] = ContextVar(
+_BATCH: ContextVar[list[tuple[str, str, psycopg.Cursor[Any]]] | None] = ContextVar(
     "specgate_ledger_batch", default=None)
 
 
@@ -117,29 +177,34 @@ def batched(conn: psycopg.Connection[Any]) -> Iterator[None]:
     """Send the state changes made inside in one pipeline (one round trip, not one each);
     their compare-and-set checks run when the block ends and raise ``StaleTransition``, so use
     it inside a transaction that the exception rolls back."""
-    pending: list[tuple[str, psycopg.Cursor[Any]]] = []
+    pending: list[tuple[str, str, psycopg.Cursor[Any]]] = []
     token = _BATCH.set(pending)
     try:
         with conn.pipeline():
             yield
+    except psycopg.Error as error:  # the pipeline raises the first error when it syncs
+        if error.sqlstate == FENCED_SQLSTATE and pending:
+            raise _fenced(pending[0][1]) from error
+        raise
     finally:
         _BATCH.reset(token)
-    for what, cursor in pending:
+    for what, _session, cursor in pending:
         if cursor.fetchone() is None:
             raise StaleTransition(f"{what} changed meanwhile")
 
 
-def _run(conn: LedgerConn, sql: str, params: dict[str, Any], tenant: str,
-         moves: Sequence[Move], what: str = "row") -> bool:
+def _run(conn: LedgerConn, sql: str, params: dict[str, Any], moves: Sequence[Move],
+         what: str = "row") -> bool:
     """Run a data-changing statement and, only if it changed a row, append the moves' events:
     one statement, so it is atomic even in autocommit. The hot path of every call, so it goes
     to the driver directly (prepared after a few uses) instead of building a Core statement.
     Inside ``batched`` the check is deferred to the end of the batch."""
-    params = {**params, "tenant": tenant, "events": Jsonb(_events(moves), dumps=dumps)}
-    cursor = driver(conn).execute(sql, params)
+    session_id = moves[0].subject.session_id
+    with _refused_when_fenced(session_id):
+        cursor = driver(conn).execute(sql, {**params, **_append_params(moves)})
     pending = _BATCH.get()
     if pending is not None:
-        pending.append((what, cursor))
+        pending.append((what, session_id, cursor))
         return True
     return cursor.fetchone() is not None
 
@@ -149,8 +214,7 @@ def create_row(conn: LedgerConn, model: type[models.Base], values: Mapping[str, 
     """Insert a call or turn row together with its first events."""
     table = models.table_of(model)
     columns = tuple(sorted(values))
-    _run(conn, _insert_sql(table.name, columns), _adapt(table, values),
-         moves[0].subject.tenant, moves)
+    _run(conn, _insert_sql(table.name, columns), _adapt(table, values), moves)
 
 
 def _check(move: Move, allowed: bool) -> None:
@@ -168,7 +232,7 @@ def _transition(conn: LedgerConn, model: type[models.Base], row_id: str | None, 
     params = {**_adapt(table, values), "target": move.target, "source": move.source,
               "row_id": row_id}
     sql = _update_sql(table.name, tuple(sorted(values)))
-    return _run(conn, sql, params, move.subject.tenant, [move],
+    return _run(conn, sql, params, [move],
                 what=f"{table.name} {row_id!r} ({move.source} → {move.target})")
 
 
@@ -206,7 +270,8 @@ WITH v AS (
                                      ELSE c.resolved_arguments END
       FROM v WHERE c.id = v.id AND c.status = v.source
     RETURNING c.id)
-SELECT (SELECT count(*) FROM changed) AS moved, specgate_append_events(%(tenant)s, %(events)s)
+SELECT (SELECT count(*) FROM changed) AS moved,
+       specgate_append_events(%(session)s, %(epoch)s, %(events)s)
 """
 
 
@@ -221,8 +286,8 @@ class CallMove:
     values: Mapping[str, Any]  # decided_at, finished_at, result, error, resolved_arguments
 
 
-def transition_calls(conn: LedgerConn, tenant: str, moves: Sequence[CallMove]) -> None:
-    """Move many calls of one tenant in one statement, with one append of all their events
+def transition_calls(conn: LedgerConn, moves: Sequence[CallMove]) -> None:
+    """Move many calls of one session in one statement, with one append of all their events
     (the decision of a turn). Raises ``StaleTransition`` if any call was not in its expected
     status — call it inside a transaction, which the exception then rolls back."""
     if not moves:
@@ -239,10 +304,10 @@ def transition_calls(conn: LedgerConn, tenant: str, moves: Sequence[CallMove]) -
             row[f"set_{name.split('_')[0]}"] = name in move.values
             row[name] = move.values.get(name)
         rows.append(row)
-    events = _events([Move(m.subject, m.source, m.target) for m in moves])
-    moved = driver(conn).execute(_BULK_SQL, {
-        "rows": Jsonb(rows, dumps=dumps), "tenant": tenant,
-        "events": Jsonb(events, dumps=dumps)}).fetchone()
+    appended = _append_params([Move(m.subject, m.source, m.target) for m in moves])
+    with _refused_when_fenced(str(appended["session"])):
+        moved = driver(conn).execute(_BULK_SQL, {"rows": Jsonb(rows, dumps=dumps),
+                                                 **appended}).fetchone()
     if moved is None or moved[0] != len(moves):
         raise StaleTransition(f"{len(moves) - (moved[0] if moved else 0)} of {len(moves)} calls "
                               "changed meanwhile")

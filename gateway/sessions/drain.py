@@ -28,8 +28,10 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from gateway.ledger.rows import load_scope
+from gateway.ledger.transitions import fenced
 from gateway.runtime import Runtime
 from gateway.turns import service as turns_service
+from gateway.turns.recovery import owned_epoch
 
 log = logging.getLogger("specgate.drain")
 REASON = ("the gateway holding this turn was stopped before the turn was committed (drain "
@@ -57,7 +59,12 @@ def _let_go(rt: Runtime, *, cancel: bool) -> tuple[int, int]:
             if rt.holds.get(scope.turn.id) is not None:
                 if not cancel:
                     continue  # a call was held since the list was read: wait for its turn
-                cancelled += turns_service.end_held(rt, scope, REASON)
+                epoch = owned_epoch(rt, session_id, tenant)
+                if epoch is None:  # taken over meanwhile: the turn is the new owner's
+                    rt.holds.release(scope.turn.id)
+                    continue
+                with fenced(session_id, epoch):
+                    cancelled += turns_service.end_held(rt, scope, REASON)
             rt.disown(session_id)
             released += 1
     return released, cancelled

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 from gateway.calls import service as calls_service
 from gateway.ledger.rows import TurnScope, load_scope
+from gateway.ledger.transitions import Fenced, fenced
 from gateway.runtime import Runtime
 from gateway.turns import recovery
 
@@ -22,9 +23,9 @@ from gateway.turns import recovery
 def scope_of(rt: Runtime, tenant: str, session_id: str,
              turn_id: str | None = None) -> Iterator[TurnScope]:
     """Own the session, take its lock and load the turn (latest when ``turn_id`` is None)."""
-    previous = rt.claim(session_id, tenant)
-    with rt.session_lock(session_id):
-        if previous is not None:
+    claim = rt.claim(session_id, tenant)
+    with rt.session_lock(session_id), fenced(session_id, claim.epoch):
+        if claim.previous is not None:
             recovery.recover_session(rt, tenant, session_id)
         scope = rt.scopes.get(session_id)
         if scope is None or (turn_id is not None and scope.turn.id != turn_id):
@@ -37,6 +38,9 @@ def scope_of(rt: Runtime, tenant: str, session_id: str,
         rt.holds.touch(scope.turn.id)
         try:
             yield scope
+        except Fenced:
+            rt.lost(session_id)
+            raise
         except BaseException:
             rt.forget_scope(session_id)  # it may be half-updated: read it again next time
             raise

@@ -50,11 +50,29 @@ class ToolSession(Session):
         raise RuntimeError("a tool must not roll back: raise ToolRetry or ToolFailed instead")
 
 
+def holder_name(turn_id: str) -> str:
+    """The ``application_name`` a turn's held transaction carries while it is open, so the
+    gateway that takes the turn's session over can find it and end it (``end_holders``)."""
+    return f"specgate hold {turn_id}"
+
+
+def end_holders(conn: Connection, turn_id: str) -> int:
+    """End the backends that still hold the turn's transaction for another gateway, one
+    paused or cut off past its lease: their effects are rolled back and their row locks
+    freed now, not when the idle timeout ends them. A prepared transaction has no backend
+    and is left to its decision. Returns how many were ended."""
+    ended = conn.exec_driver_sql(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE application_name = %(name)s AND pid <> pg_backend_pid()",
+        {"name": holder_name(turn_id)}).scalar()
+    return int(ended or 0)
+
+
 class HeldConnection:
     """One database's part of a turn transaction."""
 
     def __init__(self, url: str, engine: Engine, *, gid: str | None, lock_timeout_ms: int,
-                 idle_timeout_ms: int) -> None:
+                 idle_timeout_ms: int, name: str = "specgate hold") -> None:
         self.url = url
         self.gid = gid
         self.prepared = False
@@ -65,9 +83,15 @@ class HeldConnection:
                 f"tool database unavailable: {error.orig}", status_code=503
             ) from error
         self.tx = self.conn.begin_twophase(gid) if gid else self.conn.begin()
-        # Postgres itself ends a held transaction the gateway forgot (hung or partitioned).
-        self.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}; "
-                     f"SET LOCAL idle_in_transaction_session_timeout = {int(idle_timeout_ms)}")
+        # Postgres itself ends a held transaction the gateway forgot (hung or partitioned);
+        # the name (for the transaction only) lets a gateway taking the session over end it.
+        self.execute(f"SELECT set_config('lock_timeout', '{int(lock_timeout_ms)}', true), "
+                     "set_config('idle_in_transaction_session_timeout', "
+                     f"'{int(idle_timeout_ms)}', true), "
+                     f"set_config('application_name', '{name}', true)")
+        # The statement_timeout in force, when known: set outside any savepoint, so rolling
+        # back to a later savepoint keeps it; rolling back to an earlier one may not.
+        self.timeout_ms: int | None = None
 
     def execute(self, statement: str) -> None:
         """A parameterless statement (or several, ``;``-separated) straight to the driver."""
@@ -130,7 +154,8 @@ class TurnHold:
             gid = None if local else make_gid(self.gid_prefix, self.turn_id)
             try:
                 held = HeldConnection(url, engine, gid=gid, lock_timeout_ms=self.lock_timeout_ms,
-                                      idle_timeout_ms=self.idle_timeout_ms)
+                                      idle_timeout_ms=self.idle_timeout_ms,
+                                      name=holder_name(self.turn_id))
             except BaseException:
                 self.release(1)
                 raise
@@ -141,8 +166,11 @@ class TurnHold:
             keep: bool, timeout_s: float) -> T:
         """Run ``fn`` in a savepoint named after the call; keep the effect or roll it back."""
         savepoint = f"sp_{call_id}"
-        held.execute(f'SAVEPOINT "{savepoint}"; '
-                     f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
+        timeout_ms = int(timeout_s * 1000)
+        setting = "" if held.timeout_ms == timeout_ms else (
+            f"SET LOCAL statement_timeout = {timeout_ms}; ")
+        held.execute(f'{setting}SAVEPOINT "{savepoint}"')  # one statement per call, mostly
+        held.timeout_ms = timeout_ms
         session = ToolSession(held.conn)
         try:
             value = fn(session)
@@ -167,7 +195,9 @@ class TurnHold:
             return []
         target = self.entries[index]
         if target.kept:
-            self.connections[target.url].execute(f'ROLLBACK TO SAVEPOINT "{target.savepoint}"')
+            held = self.connections[target.url]
+            held.execute(f'ROLLBACK TO SAVEPOINT "{target.savepoint}"')
+            held.timeout_ms = None  # a later call's setting may be undone with it
         later = [e for e in self.entries[index + 1:] if e.url == target.url]
         removed = [target, *later] if target.kept else [target]
         self.entries = [e for e in self.entries if e not in removed]
@@ -184,6 +214,11 @@ class TurnHold:
                     held.prepared = False
                 elif held.tx.is_active:
                     held.tx.rollback()
+            except exc.OperationalError as error:  # the connection is gone, and with it
+                # the transaction (a gateway that took the session over may have ended it)
+                log.warning("turn %r: its held connection is gone (%s); discarded",
+                            self.turn_id, error.orig)
+                held.conn.invalidate()
             except exc.DBAPIError:
                 log.exception("rollback of turn %r failed; the connection is discarded",
                               self.turn_id)
@@ -239,6 +274,17 @@ class HeldTurns:
                             self.idle_timeout_ms, self._release)
             self._holds[turn_id] = hold
         return hold
+
+    def release(self, turn_id: str) -> None:
+        """Roll back and let go of what this process holds of a turn the ledger decided
+        without it (nothing prepared is touched: a prepared transaction's fate is its
+        decision, which recovery carries out)."""
+        hold = self._holds.get(turn_id)
+        if hold is None:
+            return
+        if not any(held.prepared for held in hold.connections.values()):
+            hold.rollback()
+        self.drop(turn_id)
 
     def drop(self, turn_id: str) -> None:
         hold = self._holds.pop(turn_id, None)

@@ -42,7 +42,6 @@ from gateway.ledger.transitions import (
 from gateway.runtime import Runtime
 from gateway.transactions import twophase
 from gateway.transactions.decision import APPROVAL, COMMIT, write_decision
-from gateway.turns import service as turns_service
 from gateway.turns.service import abort_turn, move_turn
 
 log = logging.getLogger("specgate.turns")
@@ -75,7 +74,7 @@ def commit_turn(rt: Runtime, scope: TurnScope, keep: list[str] | None) -> TurnSc
     except StaleTransition:
         # Decided elsewhere (cancelled, expired, or aborted by a gateway that took the session
         # over): what this gateway still holds of the turn can never commit.
-        turns_service.release_hold(rt, scope.turn.id)
+        rt.holds.release(scope.turn.id)
         raise
     dispatch: list[str] = []
     try:
@@ -200,8 +199,8 @@ def finalize(rt: Runtime, scope: TurnScope, outcomes: dict[str, dict[str, Any]])
                and (m.subject.call_id in held
                     or scope.by_id(m.subject.call_id or "").requires_approval)]
     with rt.dbs.fast() as conn, conn.transaction():
-        transition_calls(conn, scope.turn.tenant, moves)
-        transition_calls(conn, scope.turn.tenant, waiting)
+        transition_calls(conn, moves)
+        transition_calls(conn, waiting)
         transition_turn(conn, scope.turn.subject, scope.turn.status, T.COMMITTED,
                         {"decided_at": at})
     for move in [*moves, *waiting]:

@@ -25,13 +25,14 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError
 
 from gateway.calls import approvals
 from gateway.calls import service as calls_service
 from gateway.errors import OwnedElsewhere, Unavailable
 from gateway.ledger.rows import TurnScope, load_scope
 from gateway.ledger.states import CallStatus, TurnStatus
-from gateway.ledger.transitions import now
+from gateway.ledger.transitions import fenced, now
 from gateway.presence import ALIVE
 from gateway.runtime import Runtime
 from gateway.transactions.decision import (
@@ -42,6 +43,7 @@ from gateway.transactions.decision import (
     turn_of_gid,
     write_decision,
 )
+from gateway.transactions.holder import end_holders
 from gateway.transactions.twophase import end_prepared, prepared_gids
 from gateway.turns import commit
 from gateway.turns import service as turns_service
@@ -134,21 +136,21 @@ def _orphan_turns(rt: Runtime, startup: bool) -> list[tuple[str, str, str]]:
 
 def _recover_turn(rt: Runtime, tenant: str, session_id: str, turn_id: str,
                   counts: dict[str, int]) -> None:
-    if not _claimed(rt, session_id, tenant):
+    epoch = owned_epoch(rt, session_id, tenant)
+    if epoch is None:
         return
-    with rt.session_lock(session_id):
+    with rt.session_lock(session_id), fenced(session_id, epoch):
         if rt.holds.get(turn_id) is None:  # else this process holds it: not an orphan
             _resolve_orphan(rt, turns_service.reload(rt, tenant, session_id, turn_id), counts)
 
 
-def _claimed(rt: Runtime, session_id: str, tenant: str) -> bool:
-    """Whether this gateway owns the session now, taking it if it may: not when a live gateway
-    took it over meanwhile, nor while this one drains (it takes no session then)."""
+def owned_epoch(rt: Runtime, session_id: str, tenant: str) -> int | None:
+    """The epoch this gateway owns the session under now, taking it if it may; None when a
+    live gateway took it over meanwhile, or while this one drains (it takes no session then)."""
     try:
-        rt.claim(session_id, tenant)
+        return rt.claim(session_id, tenant).epoch
     except (OwnedElsewhere, Unavailable):
-        return False
-    return True
+        return None
 
 
 def recover_session(rt: Runtime, tenant: str, session_id: str) -> None:
@@ -168,14 +170,31 @@ def _resolve_orphan(rt: Runtime, scope: TurnScope, counts: dict[str, int]) -> No
         commit.finalize(rt, scope, marker["outcomes"])
         counts["finished"] += 1
     elif turn.status == T.CANCELLING:
+        _end_holders(rt, turn.id)
         turns_service.end_turn(rt, scope, None, T.CANCELLED, S.CANCELLED,
                                "cancel finished at recovery")
         counts["finished"] += 1
     elif turn.status == T.COMMITTING or (
         turn.status == T.OPEN and any(c.status in (S.HELD, S.RUNNING) for c in scope.calls)
     ):
+        _end_holders(rt, turn.id)
         turns_service.abort_turn(rt, scope, "the gateway holding this turn stopped")
         counts["aborted"] += 1
+
+
+def _end_holders(rt: Runtime, turn_id: str) -> None:
+    """End what a gateway that lost the turn's session (paused, cut off) may still hold of
+    it, so its row locks go now. A dead gateway's backends are gone already."""
+    for url in rt.dbs.all_urls():
+        try:
+            with rt.dbs.engine_for(url).connect() as conn:
+                if ended := end_holders(conn, turn_id):
+                    log.warning("ended %d held transaction(s) of turn %r left by the gateway "
+                                "that lost its session", ended, turn_id)
+                conn.commit()
+        except DBAPIError:
+            log.exception("could not end the held transactions of turn %r; Postgres ends "
+                          "them at their idle timeout", turn_id)
 
 
 def _cancel_idle(rt: Runtime, counts: dict[str, int]) -> None:
@@ -186,16 +205,21 @@ def _cancel_idle(rt: Runtime, counts: dict[str, int]) -> None:
                                {"t": turn_id}).first()
         if row is None:
             continue
+        epoch = owned_epoch(rt, row.session_id, row.tenant)
         with rt.session_lock(row.session_id):
             hold = rt.holds.get(turn_id)
             if hold is None or not hold.idle_for(idle_s):  # used or ended meanwhile
                 continue
+            if epoch is None:  # the session passed to another gateway: the turn is its now
+                rt.holds.release(turn_id)
+                continue
             rt.forget_scope(row.session_id)
             scope = turns_service.reload(rt, row.tenant, row.session_id, turn_id)
-            if turns_service.end_held(
-                    rt, scope, f"no request for {idle_s:g} s (SPECGATE_TURN_IDLE_S): the turn "
-                    "was abandoned; its held effects were rolled back"):
-                counts["idle_turns"] += 1
+            with fenced(row.session_id, epoch):
+                if turns_service.end_held(
+                        rt, scope, f"no request for {idle_s:g} s (SPECGATE_TURN_IDLE_S): the "
+                        "turn was abandoned; its held effects were rolled back"):
+                    counts["idle_turns"] += 1
 
 
 _IDLE_SESSIONS = text(
@@ -232,9 +256,10 @@ def _reap(rt: Runtime, counts: dict[str, int]) -> None:
     with rt.dbs.ledger.connect() as conn:
         rows = list(conn.execute(query, {"me": rt.gateway_id, "lease": rt.settings.owner_lease_s}))
     for row in rows:
-        if not _claimed(rt, row.session_id, row.tenant):
+        epoch = owned_epoch(rt, row.session_id, row.tenant)
+        if epoch is None:
             continue
-        with rt.session_lock(row.session_id):
+        with rt.session_lock(row.session_id), fenced(row.session_id, epoch):
             rt.forget_scope(row.session_id)
             scope = turns_service.reload(rt, row.tenant, row.session_id, row.id)
             if scope.turn.status != T.OPEN:

@@ -71,17 +71,6 @@ def move_turn(rt: Runtime, turn: TurnRow, target: str, **values: Any) -> None:
     turn.status = target
 
 
-def release_hold(rt: Runtime, turn_id: str) -> None:
-    """Roll back and let go of what this gateway holds of a turn the ledger has decided
-    without it (nothing prepared is touched: a prepared transaction's fate is its decision)."""
-    hold = rt.holds.get(turn_id)
-    if hold is None:
-        return
-    if not any(held.prepared for held in hold.connections.values()):
-        hold.rollback()
-    rt.holds.drop(turn_id)
-
-
 def end_held(rt: Runtime, scope: TurnScope, reason: str) -> bool:
     """End what this gateway holds of the turn: cancel the turn (``reason``) while it is open,
     else let go of the hold, since the ledger decided the turn without this gateway. Whether
@@ -89,7 +78,7 @@ def end_held(rt: Runtime, scope: TurnScope, reason: str) -> bool:
     if scope.turn.status == T.OPEN:
         cancel_turn(rt, scope, reason)
         return True
-    release_hold(rt, scope.turn.id)
+    rt.holds.release(scope.turn.id)
     return False
 
 

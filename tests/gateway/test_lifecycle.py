@@ -162,13 +162,13 @@ def test_migrations_upgrade_and_downgrade(pg_home: Path, ledger_url: str) -> Non
     engine = create_engine(url, poolclass=NullPool)
     tables = set(inspect(engine).get_table_names())
     assert {"sessions", "turns", "calls", "call_events", "api_keys", "idempotency_records",
-            "commit_markers", "outbox", "audit_heads", "gateways", "transcript_chunks",
+            "commit_markers", "outbox", "gateways", "transcript_chunks",
             "worker_heartbeats"} <= tables
     downgrade_ledger(url)
     assert set(inspect(engine).get_table_names()) == {"alembic_version"}
     upgrade_ledger(url)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
     outbox = {c["name"] for c in inspect(engine).get_columns("outbox")}
     assert {"next_at", "sends", "done_at"} <= outbox
     assert "url" in {c["name"] for c in inspect(engine).get_columns("gateways")}

@@ -11,6 +11,8 @@ from typing import Any
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
+from gateway.ledger.audit import verify_chain
+from gateway.transactions.holder import holder_name
 from gateway.turns import recovery
 from tests.conftest import make_settings, reset_shop
 from tests.gateway.helpers import Api, new_keys, shop_state
@@ -36,6 +38,18 @@ def _stop_heartbeat(ledger_url: str, gateway_id: str) -> None:
         conn.execute(text("UPDATE gateways SET heartbeat_at = now() - interval '1 hour' "
                           "WHERE id = :id"), {"id": gateway_id})
     raw.dispose()
+
+
+def _holders(url: str, turn_id: str) -> int:
+    """The backends holding the turn's transaction (a new connection: pg_stat_activity is a
+    snapshot taken once per transaction)."""
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.connect() as conn:
+        count = conn.execute(text("SELECT count(*) FROM pg_stat_activity "
+                                  "WHERE application_name = :name"),
+                             {"name": holder_name(turn_id)}).scalar_one()
+    engine.dispose()
+    return int(count)
 
 
 def test_second_gateway_refuses_then_takes_over_a_dead_owners_session(
@@ -69,13 +83,12 @@ def test_second_gateway_refuses_then_takes_over_a_dead_owners_session(
     assert next_turn["seq"] == 2
 
 
-def test_a_gateway_that_lost_its_session_commits_nothing_and_lets_go(
-        gateway_factory: Any, pg_home: Path, ledger_url: str) -> None:
-    """The owner was paused past its lease: another gateway took the session over and aborted
-    the turn. The old owner, resumed, still holds the turn's transaction in memory; its commit
-    is refused (409 ``stale_state``, JSON), nothing of the turn is committed, and its held
-    connection is released. (Its ownership re-check is set far off: the commit comes while it
-    still believes it owns the session.)"""
+def _paused_owner(gateway_factory: Any, pg_home: Path, ledger_url: str
+                  ) -> tuple[Api, Api, Any, tuple[str, str], dict[str, Any]]:
+    """An owner holding a turn with a reversible call, then paused past its lease: the old
+    owner's and the other gateway's APIs, the old owner's runtime, the session and turn, and
+    the shop before. (Its ownership re-check is set far off: resumed, it still believes it owns
+    the session.)"""
     first, second, key = _two_gateways(gateway_factory, pg_home, ledger_url, owner_lease_s=30,
                                        owner_recheck_s=600)
     stale, other = Api(first, key), Api(second, key)
@@ -84,6 +97,17 @@ def test_a_gateway_that_lost_its_session_commits_nothing_and_lets_go(
     stale.call(sid, 1, "create_order", arguments={"customer": "ann"})
     first_rt = first.app.state.runtime
     _stop_heartbeat(ledger_url, first_rt.gateway_id)  # the pause: its lease lapses
+    return stale, other, first_rt, (sid, tid), before
+
+
+def test_a_gateway_that_lost_its_session_commits_nothing_and_lets_go(
+        gateway_factory: Any, pg_home: Path, ledger_url: str) -> None:
+    """The owner was paused past its lease: another gateway took the session over and aborted
+    the turn. The old owner, resumed, still holds the turn's transaction in memory; its commit
+    is refused (409 ``stale_state``, JSON), nothing of the turn is committed, and its held
+    connection is released."""
+    stale, other, first_rt, (sid, tid), before = _paused_owner(gateway_factory, pg_home,
+                                                               ledger_url)
     other.call(sid, 2, "list_products", expect=409)  # the takeover aborts the turn
     assert other.get(f"/v1/sessions/{sid}").json()["turns"][0]["status"] == "aborted"
 
@@ -94,6 +118,39 @@ def test_a_gateway_that_lost_its_session_commits_nothing_and_lets_go(
     turn = other.get(f"/v1/sessions/{sid}").json()["turns"][0]
     assert turn["status"] == "aborted" and turn["calls"][0]["status"] == "aborted"
     assert shop_state(ledger_url) == before
+
+
+def test_a_write_under_a_lost_epoch_is_refused_and_the_old_owner_lets_go(
+        gateway_factory: Any, pg_home: Path, ledger_url: str) -> None:
+    """The split brain of a paused owner. The gateway taking the session over aborts the turn
+    and ends the transaction the old owner still holds (its row locks go at once). Resumed, the
+    old owner still believes it owns the session and its turn is open, so it runs a new call in
+    the turn: the ledger write carries its old epoch and is refused in the same statement (409
+    ``ownership_lost``, JSON): no call enters the decided turn, the old owner lets go of its
+    held connection, and its next request learns who owns the session."""
+    stale, other, first_rt, (sid, tid), before = _paused_owner(gateway_factory, pg_home,
+                                                               ledger_url)
+    assert _holders(ledger_url, tid) == 1
+    other.call(sid, 2, "list_products", expect=409)  # the takeover aborts the turn
+    time.sleep(0.2)  # and ends the transaction the old owner held: its row locks are free
+    assert _holders(ledger_url, tid) == 0
+
+    refused = stale.post(f"/v1/sessions/{sid}/calls", {
+        "tool": "demo.list_products", "client_call_id": 3})
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["code"] == "ownership_lost"
+    assert first_rt.holds.held_connections == 0
+    [turn] = other.get(f"/v1/sessions/{sid}").json()["turns"]
+    assert turn["status"] == "aborted"
+    assert [c["status"] for c in turn["calls"]] == ["aborted"]
+    assert shop_state(ledger_url) == before
+    again = stale.post(f"/v1/sessions/{sid}/turns", {})
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "session_owned_elsewhere"
+    with create_engine(ledger_url, poolclass=NullPool).connect() as conn:
+        tenant = conn.execute(text("SELECT tenant FROM sessions WHERE id = :s"),
+                              {"s": sid}).scalar_one()
+        assert verify_chain(conn, tenant) > 0
 
 
 def test_a_gateway_checks_its_ownership_again_and_stops_serving_a_lost_session(
@@ -133,3 +190,33 @@ def test_an_idle_session_is_let_go_so_any_gateway_takes_it(
     assert refused.status_code == 409  # its held turn keeps it with its gateway
     assert refused.json()["error"]["code"] == "session_owned_elsewhere"
     owner.commit(busy, busy_turn)
+
+
+def test_a_draining_gateway_leaves_the_sessions_it_does_not_own_to_the_others(
+        gateway_factory: Any, pg_home: Path, ledger_url: str) -> None:
+    """A draining gateway takes no session, also not in its reaper: a session nobody owns whose
+    turn is past its TTL is left for a gateway that stays, and the pass goes on (its claim
+    answers 503 ``draining``, which must not end the pass)."""
+    first, second, key = _two_gateways(gateway_factory, pg_home, ledger_url)
+    owner = Api(first, key)
+    sid, tid = owner.session()
+    owner.call(sid, 1, "list_products")
+    first_rt, second_rt = first.app.state.runtime, second.app.state.runtime
+    assert first_rt.disown(sid)
+    raw = create_engine(ledger_url, poolclass=NullPool)
+    with raw.begin() as conn:
+        conn.execute(text("UPDATE turns SET expires_at = now() - interval '1 second' "
+                          "WHERE id = :t"), {"t": tid})
+    second_rt.draining = True
+    counts = recovery.reconcile(second_rt)
+    assert counts["expired_turns"] == 0
+    with raw.connect() as conn:
+        row = conn.execute(text("SELECT s.owner_id, t.status FROM sessions s JOIN turns t "
+                                "ON t.session_id = s.id WHERE t.id = :t"), {"t": tid}).one()
+    assert (row.owner_id, row.status) == (None, "open")
+    second_rt.draining = False
+    assert recovery.reconcile(second_rt)["expired_turns"] >= 1  # a gateway that stays
+    with raw.connect() as conn:
+        assert conn.execute(text("SELECT status FROM turns WHERE id = :t"),
+                            {"t": tid}).scalar() == "expired"
+    raw.dispose()
