@@ -188,6 +188,35 @@ def bench_gateway(sessions: str = "1,32", calls: int | None = None, out: str | N
     bench_main(sessions, calls, out, home, console, rounds)
 
 
+@bench_app.command("scale")
+def bench_scale(
+        gateways: Annotated[str, typer.Option(
+            help="Gateway counts to compare, comma-separated.")] = "1,2,3",
+        clients: Annotated[int, typer.Option(help="Concurrent sessions doing turns.")] = 32,
+        seconds: Annotated[float, typer.Option(
+            help="Measured window per gateway count.")] = 20.0,
+        turns: Annotated[int | None, typer.Option(
+            help="Turns per client instead of --seconds.")] = None,
+        held_cap: Annotated[int, typer.Option(
+            help="Most turns the held-turn probe opens per gateway count.")] = 256,
+        idle_seconds: Annotated[float | None, typer.Option(
+            help="Idle window that measures the gateways' own statements (default: two "
+            "reaper periods).")] = None,
+        out: Annotated[str | None, typer.Option(
+            help="Directory to write bench_scale.json to.")] = None,
+        home: str = ".specgate/bench-scale",
+        verbose: Annotated[bool, typer.Option(
+            "--verbose", "-v", help="Also list the statements per turn and those that waited "
+            "for a lock.")] = False) -> None:
+    """1, 2 and 3 gateways on one Postgres behind a round-robin balancer, side by side: turns/s,
+    gateway and Postgres CPU per turn, SQL statements per turn, lock waits, the held-turn
+    ceiling and Postgres memory per held turn. Runs its own Postgres under --home."""
+    from lab.bench.scale import main as scale_main
+
+    scale_main(gateways, clients, seconds, turns, held_cap, idle_seconds, out, home, verbose,
+               console)
+
+
 Domain = Annotated[str, typer.Option(help="retail or airline.")]
 Tasks = Annotated[int | None, typer.Option(
     help="Run this many tasks, spread evenly over the domain (default: all).")]

@@ -19,9 +19,9 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
+from lab.proxy import RoundRobinProxy
 from tests.conftest import make_settings, reset_shop
 from tests.gateway.helpers import local_gateways, new_keys, sequential_run, shop_state
-from tests.support.proxy import RoundRobinProxy
 
 SESSIONS = 20
 

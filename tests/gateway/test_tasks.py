@@ -27,9 +27,9 @@ from gateway.app import create_app
 from gateway.children import LocalWorker, settings_env
 from gateway.config import Settings
 from gateway.migrate import setup_adapters
+from lab.proxy import CuttableProxy
 from tests.gateway.helpers import Api, expire_approval, new_keys
 from tests.support.booking_service import LocalBookingService
-from tests.support.proxy import CuttableProxy
 from tests.support.smtp import LocalSmtp
 
 APPROVALS = "approvals-tenant"  # its policy puts mail.send_email under approval

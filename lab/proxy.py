@@ -1,9 +1,14 @@
-"""A TCP forwarder that tests can cut and restore: a broker (or any server) going down and coming
-back on the same address, without touching the real server.
+"""TCP forwarders in the benchmark's process: a load balancer in miniature, and a server that
+goes down and comes back.
 
-It listens on 127.0.0.1 and forwards each connection to a TCP address or a Unix socket (the
-embedded Postgres listens on one). ``down()`` closes the listener and every forwarded
-connection; ``up()`` listens again on the same port.
+``RoundRobinProxy`` hands each new connection to the next of several servers, with no affinity:
+``specgate bench scale`` puts its gateways behind one, and so do the scale-out tests, so that
+every request of a client that opens a connection per request lands on any gateway, as behind a
+stock balancer. ``CuttableProxy``, its base, forwards to one TCP address or Unix socket (the
+embedded Postgres listens on one); ``down()`` closes the listener and every forwarded
+connection, ``up()`` listens again on the same port, so tests can cut a broker or a database
+and restore it without touching the real server. They live in the lab, not in the tests, because
+the lab may not import the tests.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ class CuttableProxy:
         self.target = target
         self.port = 0
         self._listener: socket.socket | None = None
-        self._conns: list[socket.socket] = []
+        self._conns: set[socket.socket] = set()  # open ones only: a benchmark makes many
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
@@ -37,7 +42,7 @@ class CuttableProxy:
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
+        listener.listen(socket.SOMAXCONN)  # a burst of clients is not refused
         self.port = listener.getsockname()[1]
         self._listener = listener
         thread = threading.Thread(target=self._accept, args=(listener,), daemon=True)
@@ -52,7 +57,7 @@ class CuttableProxy:
                 listener.shutdown(socket.SHUT_RDWR)
             listener.close()
         with self._lock:
-            conns, self._conns = self._conns, []
+            conns, self._conns = self._conns, set()
         for conn in conns:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
@@ -70,11 +75,10 @@ class CuttableProxy:
                 client.close()
                 continue
             with self._lock:
-                self._conns += [client, upstream]
+                self._conns |= {client, upstream}
             threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
 
-    @staticmethod
-    def _pump(a: socket.socket, b: socket.socket) -> None:
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
         selector = selectors.DefaultSelector()
         selector.register(a, selectors.EVENT_READ, b)
         selector.register(b, selectors.EVENT_READ, a)
@@ -91,6 +95,8 @@ class CuttableProxy:
             return
         finally:
             selector.close()
+            with self._lock:
+                self._conns -= {a, b}
             for sock in (a, b):
                 with contextlib.suppress(OSError):
                     sock.close()
