@@ -160,7 +160,8 @@ def create_app(settings: Settings | None = None, *, gateway_id: str | None = Non
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
         rt = create_runtime(settings, gateway_id=gateway_id, advertise_url=advertise_url)
         app.state.runtime = rt
-        app.state.forwarder = forwarding.Forwarder(rt.gateway_id, settings.forward_timeout_s)
+        app.state.forwarder = forwarding.Forwarder(
+            rt.gateway_id, settings.forward_timeout_s, remember_s=settings.owner_recheck_s)
         app.state.keys = KeyCache(rt.dbs.ledger, settings.key_cache_s)
         metrics.HELD.set_function(lambda: rt.holds.held_connections)
         maintenance = Maintenance(rt)

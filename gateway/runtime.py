@@ -42,21 +42,25 @@ if TYPE_CHECKING:  # types only: the parts are built by gateway.app.create_runti
     from gateway.tools.registry import Registry
     from gateway.transactions.holder import HeldTurns
 
-# Taking the session from anyone else (or from no one) moves its epoch on: writes made under
-# the previous epoch are refused from then on (gateway.ledger.transitions).
+# One statement, in autocommit: take the session if it is ours or its owner is gone, and read
+# who owned it before (the outer SELECT sees the row as it was): the owner when it was not
+# taken (epoch NULL), no row at all for a session that is not the tenant's. Taking it from
+# anyone else (or from no one) moves its epoch on: writes made under the previous epoch are
+# refused from then on (gateway.ledger.transitions).
 _CLAIM = text(
     f"""
-    UPDATE sessions s SET owner_id = :me, owner_seen_at = now(),
-           epoch = s.epoch + CASE WHEN s.owner_id = :me THEN 0 ELSE 1 END
-     WHERE s.id = :sid AND s.tenant = :tenant AND (s.owner_id = :me OR (NOT :draining AND (
-           s.owner_id IS NULL OR NOT EXISTS (
-               SELECT 1 FROM gateways g WHERE g.id = s.owner_id AND {ALIVE}))))
-    RETURNING (SELECT owner_id FROM sessions WHERE id = :sid) AS previous, s.epoch
+    WITH claimed AS (
+        UPDATE sessions s SET owner_id = :me, owner_seen_at = now(),
+               epoch = s.epoch + CASE WHEN s.owner_id = :me THEN 0 ELSE 1 END
+         WHERE s.id = :sid AND s.tenant = :tenant AND (s.owner_id = :me OR (
+               NOT :draining AND (s.owner_id IS NULL OR NOT EXISTS (
+                   SELECT 1 FROM gateways g WHERE g.id = s.owner_id AND {ALIVE}))))
+        RETURNING s.epoch)
+    SELECT s.owner_id AS previous, g.url, (SELECT epoch FROM claimed) AS epoch
+      FROM sessions s LEFT JOIN gateways g ON g.id = s.owner_id
+     WHERE s.id = :sid AND s.tenant = :tenant
     """
 )
-
-_OWNER = text("SELECT s.owner_id, g.url FROM sessions s LEFT JOIN gateways g ON g.id = s.owner_id "
-              "WHERE s.id = :sid AND s.tenant = :tenant")
 
 
 class SessionLock:
@@ -163,22 +167,21 @@ class Runtime:
                 raise NotFound(f"session {session_id!r} not found")
             if time.monotonic() < known[1]:
                 return Claim(None, known[2])
-        with self.dbs.ledger.begin() as conn:
-            row = conn.execute(
+        with self.dbs.ledger.connect() as conn:
+            row = conn.execution_options(isolation_level="AUTOCOMMIT").execute(
                 _CLAIM,
                 {"me": self.gateway_id, "sid": session_id, "tenant": tenant,
                  "lease": self.settings.owner_lease_s, "draining": self.draining},
             ).first()
-            if row is None:  # not ours (any more): forget what we believed of it
-                self.lost(session_id)
-                owner = conn.execute(_OWNER, {"sid": session_id, "tenant": tenant}).first()
-                if owner is None:
-                    raise NotFound(f"session {session_id!r} not found")
-                if self.draining and owner.owner_id in (None, self.gateway_id):
-                    raise draining()
-                raise OwnedElsewhere(
-                    f"session {session_id!r} is owned by gateway {owner.owner_id!r}",
-                    owner=owner.owner_id, owner_url=owner.url)
+        if row is None:
+            self.lost(session_id)
+            raise NotFound(f"session {session_id!r} not found")
+        if row.epoch is None:  # not ours (any more): forget what we believed of it
+            self.lost(session_id)
+            if self.draining and row.previous in (None, self.gateway_id):
+                raise draining()
+            raise OwnedElsewhere(f"session {session_id!r} is owned by gateway {row.previous!r}",
+                                 owner=row.previous, owner_url=row.url)
         previous = row.previous if row.previous != self.gateway_id else None
         if known is not None and known[2] != row.epoch:
             # Another gateway owned it meanwhile (and let it go): what this one believed of

@@ -6,8 +6,13 @@ connection). Behind a plain load balancer a request lands anywhere, so every req
 ``/v1/sessions/{id}/…`` is first served here as usual; when the session turns out to be owned
 by another live gateway (the route answers 409 ``session_owned_elsewhere``, with the owner's
 advertised URL from the ledger), the request is sent on to that URL unchanged — method, path,
-query, headers, body — and the owner's answer is streamed back as it comes. The ledger stays the
-truth: the owner is looked up on every such request, never cached here.
+query, headers, body — and the owner's answer is streamed back as it comes.
+
+The owner found is remembered for ``owner_recheck_s`` (as the owner remembers its own claim),
+so the session's next requests go straight to it, without running the route here first. The
+ledger stays the truth: the owner checks its ownership as always, and a remembered owner that
+cannot take the request without having done anything (it is unreachable, no longer owns the
+session, or is draining) sends the request down the ordinary path here instead.
 
 The forwarded request carries ``X-Specgate-Forwarded-By``; a gateway that receives one never
 forwards again, so a disagreement about the owner (ownership moving at that instant) cannot
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 
 import httpx
 import orjson
@@ -28,10 +34,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.asgi import read_body, replay
 from gateway.errors import OwnedElsewhere, SpecgateError, Unavailable, error_response
+from gateway.runtime import LruDict
 
 log = logging.getLogger("specgate.forwarding")
 
-PATH = re.compile(r"/v1/sessions/[^/]+/.+")
+PATH = re.compile(r"/v1/sessions/([^/]+)/.+")
 HEADER = "x-specgate-forwarded-by"
 # Hop-by-hop headers (RFC 9110 §7.6.1) and those httpx sets itself are not passed on.
 _HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
@@ -43,12 +50,20 @@ def applies(scope: Scope) -> bool:
     return scope["type"] == "http" and PATH.fullmatch(scope["path"]) is not None
 
 
+# What a remembered owner answers, having done nothing, when the request must be served or
+# forwarded from here after all (see the module's docstring).
+_NOT_THERE = frozenset({"owner_moved", "draining"})
+
+
 class Forwarder:
     """Runs ``app`` for a session request; forwards it when the session is owned elsewhere."""
 
-    def __init__(self, gateway_id: str, timeout_s: float) -> None:
+    def __init__(self, gateway_id: str, timeout_s: float, remember_s: float = 0.0) -> None:
         self.gateway_id = gateway_id
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=2.0))
+        self.remember_s = remember_s
+        # session id → (its owner's URL, until when it is remembered: time.monotonic())
+        self._owners: LruDict[str, tuple[str, float]] = LruDict(10_000)
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -57,21 +72,34 @@ class Forwarder:
         body = await read_body(receive)
         if body is None:
             return  # the client went away mid-request
+        match = PATH.fullmatch(scope["path"])
+        session_id = match.group(1) if match else ""
+        forwarded = _header(scope, HEADER.encode())
+        known = self._owners.get(session_id) if forwarded is None else None
+        if (known is not None and time.monotonic() < known[1]
+                and await self._forward(known[0], scope, body, send, remembered=True)):
+            return
+        self._owners.pop(session_id, None)
         held = _HeldAnswer(send)
         await app(scope, replay(body, receive), held.send)
         owner_url = held.owner_url()
         if owner_url is None:
             await held.release()
             return
-        forwarded = _header(scope, HEADER.encode())
         if forwarded is not None:
             await _refuse(send, Unavailable(
                 "the session's owner changed while this request was forwarded; retry",
                 code="owner_moved", status_code=503, forwarded_by=forwarded))
             return
+        if self.remember_s > 0:
+            self._owners[session_id] = (owner_url, time.monotonic() + self.remember_s)
         await self._forward(owner_url, scope, body, send)
 
-    async def _forward(self, owner_url: str, scope: Scope, body: bytes, send: Send) -> None:
+    async def _forward(self, owner_url: str, scope: Scope, body: bytes, send: Send, *,
+                       remembered: bool = False) -> bool:
+        """Send the request to the owner and stream its answer back. For a ``remembered``
+        owner, False (and nothing sent) when it did not take the request: it could not be
+        connected to, or answered that it is not (or no longer) the one to serve it."""
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP]
         headers.append((HEADER.encode(), self.gateway_id.encode()))
         url = owner_url + scope["path"]
@@ -81,12 +109,25 @@ class Forwarder:
         try:
             response = await self.client.send(request, stream=True)
         except httpx.TransportError as error:
+            if remembered and isinstance(error, httpx.ConnectError):
+                return False  # the request never left: it may be served from here
             log.warning("forwarding to %s failed: %r", owner_url, error)
             await _refuse(send, Unavailable(
                 "the gateway that owns this session cannot be reached; retry (it is taken "
                 "over once its lease lapses)", code="owner_unreachable", status_code=503,
                 owner_url=owner_url))
-            return
+            return True
+        if remembered and response.status_code == 503:
+            # small, and ours (error_response): read whole to see whether the owner did nothing
+            body = await response.aread()
+            await response.aclose()
+            if _not_there(body):
+                return False
+            await send({"type": "http.response.start", "status": response.status_code,
+                        "headers": [(k, v) for k, v in response.headers.raw
+                                    if k.lower() not in _HOP]})
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+            return True
         try:
             await send({"type": "http.response.start", "status": response.status_code,
                         "headers": [(k, v) for k, v in response.headers.raw
@@ -96,6 +137,16 @@ class Forwarder:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await response.aclose()
+        return True
+
+
+def _not_there(body: bytes) -> bool:
+    """Whether the owner's 503 says it did nothing, because it is not the one to serve the
+    request."""
+    try:
+        return orjson.loads(body)["error"]["code"] in _NOT_THERE
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return False
 
 
 class _HeldAnswer:

@@ -128,6 +128,8 @@ def test_a_killed_owner_s_session_goes_on_through_another_gateway_at_once(
         session = owner.post("/v1/sessions", json={}).json()
         sid, tid = session["id"], session["turns"][0]["id"]
         assert _call(owner, sid, 1, "create_order", customer="bo").json()["status"] == "held"
+        # forwarded once: the other gateway now remembers the owner, and must not trust that
+        assert _call(other, sid, 2, "list_products").json()["status"] == "succeeded"
         owner_id = _owner(ledger_url, sid)
         first.kill()
         killed_at = time.monotonic()
@@ -193,3 +195,25 @@ def test_a_paused_owner_commits_nothing_once_resumed(
         verified = other.get("/v1/admin/audit/verify",
                              headers={"Authorization": f"Bearer {admin}"})
         assert verified.status_code == 200, verified.text
+
+
+def test_a_remembered_owner_that_drains_costs_the_client_nothing(
+        pair: tuple[LocalGateway, ...], key: str, ledger_url: str) -> None:
+    """The second gateway remembers the first as the session's owner (for
+    ``SPECGATE_OWNER_RECHECK_S``). The first is stopped with SIGTERM and lets the idle session
+    go: the second's next request for it gets no 503 ``draining`` (nor a refused connection),
+    because a remembered owner that did nothing sends the request down the ordinary path, and
+    the second takes the session."""
+    first, second = pair
+    assert first.process is not None
+    with _client(first, key) as owner, _client(second, key) as other:
+        sid = owner.post("/v1/sessions", json={}).json()["id"]
+        assert _call(other, sid, 1, "list_products").json()["status"] == "succeeded"
+        first_id = _owner(ledger_url, sid)
+        first.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _owner(ledger_url, sid) != "None" and time.monotonic() < deadline:
+            time.sleep(0.05)  # the drain lets the session go
+        answer = _call(other, sid, 2, "list_products")
+        assert answer.status_code == 201, answer.text
+        assert _owner(ledger_url, sid) not in ("None", first_id)
