@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,10 +17,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
-from gateway import metrics
+from gateway import edge, metrics
 from gateway.admin import router as admin_router
+from gateway.asgi import replay
 from gateway.auth import router as auth_router
 from gateway.auth.service import KeyCache
 from gateway.calls import router as calls_router
@@ -81,11 +83,49 @@ class Maintenance:
         self.presence.release()
 
 
+CORRELATION = "specgate.correlation_id"  # in the scope once an unexpected error is logged
+
+
 class GatewayApp(FastAPI):
-    """The FastAPI app, with forwarding to a session's owner (``sessions.forwarding``) and the
-    hot route's fast path (``sessions.fastpath``) in front."""
+    """The FastAPI app, with the edge's checks of every body (``gateway.edge``), forwarding to
+    a session's owner (``sessions.forwarding``) and the hot route's fast path
+    (``sessions.fastpath``) in front, and a JSON answer for any error at all."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self._checked(scope, receive, watched)
+        except Exception as error:
+            if CORRELATION in scope:
+                return  # the app's own handler answered it and logged it
+            if isinstance(error, SpecgateError):
+                response = error_response(error)
+            else:
+                response = _unexpected(scope, error)
+            if not started:
+                await response(scope, receive, send)
+
+    async def _checked(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] in edge.BODY_METHODS:
+            limit = self.state.runtime.settings.max_body_bytes
+            declared = edge.declared_length(scope)
+            if declared is not None and declared > limit:
+                raise edge.too_large(limit)
+            body = await edge.read_limited(receive, limit)
+            if body is None:
+                return  # the client went away mid-request
+            if body and edge.is_json(scope):
+                edge.check_json(body)
+            receive = replay(body, receive)
         if forwarding.applies(scope):
             await self.state.forwarder(self._serve, scope, receive, send)
         else:
@@ -96,6 +136,16 @@ class GatewayApp(FastAPI):
             await fastpath.serve(self.state, super().__call__, scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
+
+
+def _unexpected(scope: Scope, error: Exception) -> JSONResponse:
+    """A bug: logged with its traceback under a correlation id the answer names."""
+    correlation_id = uuid.uuid4().hex[:16]
+    scope[CORRELATION] = correlation_id
+    log.error("unexpected error %s answering %s %s", correlation_id, scope.get("method"),
+              scope.get("path"), exc_info=error)
+    return _error(500, "internal_error", "an unexpected error; it is logged under this "
+                  "correlation id", correlation_id=correlation_id)
 
 
 def _error(status: int, code: str, message: str, **details: object) -> JSONResponse:
@@ -121,6 +171,10 @@ def install_error_handlers(app: FastAPI) -> None:
                     for e in error.errors()]
         return _error(422, "invalid_request", "the request does not match the API schema",
                       errors=problems)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        return _unexpected(request.scope, error)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:

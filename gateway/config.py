@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     forward_timeout_s: float = Field(
         default=60.0, gt=0, description="Longest wait for the owner's answer to a forwarded "
         "request (a ?wait= call waits at most wait_max_s).")
+    max_calls_per_turn: int = Field(
+        default=1000, ge=1, description="Calls one turn may issue (amendments included); past "
+        "it, 409 turn_full.")
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest request body accepted; a larger one is "
+        "refused with 413 body_too_large (session metadata and call arguments included).")
     key_cache_s: float = Field(default=30.0, ge=0, description="API key lookup cache lifetime.")
     wait_max_s: float = Field(default=30.0, gt=0, description="Largest accepted ?wait=.")
     request_threads: int = Field(

@@ -11,6 +11,9 @@ ClientId = int | str
 
 
 def _client_id(value: ClientId) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError("a client call id is a number or a short name, not "
+                         f"{type(value).__name__}")
     text = str(value)
     if not text or len(text) > 64 or not text.replace("_", "").replace("-", "").isalnum():
         raise ValueError("a client call id is a number or a short name of letters, digits, - or _")

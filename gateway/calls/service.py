@@ -102,6 +102,11 @@ def issue_call(rt: Runtime, scope: TurnScope, request: IssueCall,
                ) -> tuple[CallRow, str | None]:
     """Issue a call; returns it and, for a call staged until an approval, the confirmation
     token the app may approve it with (shown this once)."""
+    limit = rt.settings.max_calls_per_turn
+    if len(scope.calls) >= limit:
+        raise Conflict(f"turn {scope.turn.id!r} has issued its {limit} calls "
+                       "(SPECGATE_MAX_CALLS_PER_TURN); commit or cancel it", code="turn_full",
+                       limit=limit)
     tool = rt.registry.get(request.tool)
     approval = needs_approval(rt.settings, scope.turn.tenant, tool)
     superseded, deps, resolved = _check_request(scope, tool, request)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.calls.schemas import CallView, ClientId, _client_id
 
@@ -20,6 +20,14 @@ class CommitTurn(BaseModel):
     keep: list[ClientId] | None = Field(
         default=None, description="Client ids of the calls to keep; omitted: every live call."
     )
+
+    @field_validator("keep", mode="before")
+    @classmethod
+    def _checked(cls, value: object) -> object:
+        if isinstance(value, list):
+            for item in value:
+                _client_id(item)  # a ValueError here is a 422 naming the field
+        return value
 
     def keep_ids(self) -> list[str] | None:
         return None if self.keep is None else [_client_id(k) for k in self.keep]
