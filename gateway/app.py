@@ -217,6 +217,7 @@ def create_app(settings: Settings | None = None, *, gateway_id: str | None = Non
         app.state.forwarder = forwarding.Forwarder(
             rt.gateway_id, settings.forward_timeout_s, remember_s=settings.owner_recheck_s)
         app.state.keys = KeyCache(rt.dbs.ledger, settings.key_cache_s)
+        app.state.keys.listen(rt.dbs.driver_dsn)
         metrics.HELD.set_function(lambda: rt.holds.held_connections)
         maintenance = Maintenance(rt)
         if background:
@@ -225,6 +226,7 @@ def create_app(settings: Settings | None = None, *, gateway_id: str | None = Non
             yield
         finally:
             maintenance.stop()
+            app.state.keys.close()
             await app.state.forwarder.aclose()
             rt.close()
 

@@ -185,7 +185,7 @@ def run(settings: Settings, out: Path, pace_s: float = 0.6) -> list[Path]:
     finally:
         worker.stop()
         for key_id, _ in keys:
-            revoke_key(engine, TENANT, key_id)
+            revoke_key(engine, TENANT, key_id, keep_last_admin=False)
         engine.dispose()
 
 

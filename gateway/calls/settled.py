@@ -10,19 +10,16 @@ listener reconnecting, a worker of an older version) costs latency, never correc
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-import psycopg
 from sqlalchemy import Connection, text
 
-log = logging.getLogger("specgate.settled")
+from gateway.notifications import listen
 
 CHANNEL = "specgate_settled"
 FALLBACK_POLL_S = 0.05
-_RECONNECT_S = 1.0
 
 
 def notify(conn: Connection, call_id: str) -> None:
@@ -75,16 +72,7 @@ class SettleListener:
             event.set()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                with psycopg.connect(self._dsn, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    while not self._stop.is_set():
-                        for note in conn.notifies(timeout=0.5):
-                            self._wake(note.payload)
-            except psycopg.Error:
-                log.warning("settle listener lost its connection; reconnecting", exc_info=True)
-                self._stop.wait(_RECONNECT_S)
+        listen(self._dsn, CHANNEL, self._stop, self._wake)
 
     def stop(self) -> None:
         self._stop.set()
