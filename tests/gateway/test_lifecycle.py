@@ -203,9 +203,10 @@ def test_a_database_that_cannot_be_reached_gives_a_retryable_503(
 
 def test_a_database_out_of_connections_gives_retryable_503s_never_a_500(
         pg_home: Path, ledger_url: str) -> None:
-    """Held turns use up what Postgres allows (here a role capped at 3 connections, as a full
-    ``max_connections`` would): every request is answered 201 or 503 in the JSON envelope
-    with Retry-After, none 500, and the gateway goes on once connections are free again."""
+    """Held turns use up what Postgres allows (here a role capped at 4 connections, as a full
+    ``max_connections`` would; one is the gateway's listener of key revocations): every
+    request is answered 201 or 503 in the JSON envelope with Retry-After, none 500, and the
+    gateway goes on once connections are free again."""
     from fastapi.testclient import TestClient
     from sqlalchemy.engine import make_url
 
@@ -214,7 +215,7 @@ def test_a_database_out_of_connections_gives_retryable_503s_never_a_500(
     role = f"sg_capped_{uuid.uuid4().hex[:8]}"
     admin = create_engine(ledger_url, poolclass=NullPool)
     with admin.begin() as conn:
-        conn.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 3')
+        conn.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 4')
         conn.exec_driver_sql(f'GRANT ALL ON ALL TABLES IN SCHEMA public TO "{role}"')
         conn.exec_driver_sql(f'GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO "{role}"')
     capped = make_url(ledger_url).set(username=role).render_as_string(hide_password=False)
