@@ -215,7 +215,9 @@ class Runtime:
         idle = "" if unused_for_s is None else (
             " AND owner_seen_at < now() - make_interval(secs => :idle)")
         with self.dbs.ledger.begin() as conn:
-            released = conn.execute(text("UPDATE sessions SET owner_id = NULL "
+            # The epoch moves on: a request of this gateway that claimed the session just before
+            # (it waits for the session's lock meanwhile) can then write nothing of it.
+            released = conn.execute(text("UPDATE sessions SET owner_id = NULL, epoch = epoch + 1 "
                                          f"WHERE id = :sid AND owner_id = :me{idle}"),
                                     {"sid": session_id, "me": self.gateway_id,
                                      "idle": unused_for_s}).rowcount

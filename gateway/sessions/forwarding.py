@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from typing import Any
 
 import httpx
 import orjson
@@ -34,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.asgi import read_body, replay
 from gateway.errors import OwnedElsewhere, SpecgateError, Unavailable, error_response
+from gateway.ledger.transitions import Fenced
 from gateway.runtime import LruDict
 
 log = logging.getLogger("specgate.forwarding")
@@ -82,6 +84,10 @@ class Forwarder:
         self._owners.pop(session_id, None)
         held = _HeldAnswer(send)
         await app(scope, replay(body, receive), held.send)
+        if held.code() == Fenced.code:  # the session left this gateway mid-request, which
+            # recorded nothing: asked again, it is served, forwarded or refused as it now is
+            held = _HeldAnswer(send)
+            await app(scope, replay(body, receive), held.send)
         owner_url = held.owner_url()
         if owner_url is None:
             await held.release()
@@ -166,14 +172,21 @@ class _HeldAnswer:
         else:
             await self._send(message)
 
-    def owner_url(self) -> str | None:
+    def _error(self) -> dict[str, Any]:
         if not self._held:
-            return None
+            return {}
         body = b"".join(m.get("body", b"") for m in self._held[1:])
         try:
             error = orjson.loads(body)["error"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            return None
+            return {}
+        return error if isinstance(error, dict) else {}
+
+    def code(self) -> str | None:
+        return self._error().get("code")
+
+    def owner_url(self) -> str | None:
+        error = self._error()
         if error.get("code") != OwnedElsewhere.code:
             return None
         url = (error.get("details") or {}).get("owner_url")

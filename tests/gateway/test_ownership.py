@@ -125,9 +125,11 @@ def test_a_write_under_a_lost_epoch_is_refused_and_the_old_owner_lets_go(
     """The split brain of a paused owner. The gateway taking the session over aborts the turn
     and ends the transaction the old owner still holds (its row locks go at once). Resumed, the
     old owner still believes it owns the session and its turn is open, so it runs a new call in
-    the turn: the ledger write carries its old epoch and is refused in the same statement (409
-    ``ownership_lost``, JSON): no call enters the decided turn, the old owner lets go of its
-    held connection, and its next request learns who owns the session."""
+    the turn: the ledger write carries its old epoch and is refused in the same statement
+    (``ownership_lost``): no call enters the decided turn, and the old owner lets go of its held
+    connection. The request, which recorded nothing, is then asked once more, and answered as
+    the session now is: owned by the other gateway (409 JSON; forwarded when it advertises an
+    address)."""
     stale, other, first_rt, (sid, tid), before = _paused_owner(gateway_factory, pg_home,
                                                                ledger_url)
     assert _holders(ledger_url, tid) == 1
@@ -138,7 +140,7 @@ def test_a_write_under_a_lost_epoch_is_refused_and_the_old_owner_lets_go(
     refused = stale.post(f"/v1/sessions/{sid}/calls", {
         "tool": "demo.list_products", "client_call_id": 3})
     assert refused.status_code == 409, refused.text
-    assert refused.json()["error"]["code"] == "ownership_lost"
+    assert refused.json()["error"]["code"] == "session_owned_elsewhere"
     assert first_rt.holds.held_connections == 0
     [turn] = other.get(f"/v1/sessions/{sid}").json()["turns"]
     assert turn["status"] == "aborted"
