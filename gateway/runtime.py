@@ -130,11 +130,12 @@ def default_gateway_id(port: int | None = None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """A session owned: ``previous`` names the gateway it was taken from (its turn is to be
-    recovered), ``epoch`` is the fencing token to write under."""
+    """A session owned, under ``epoch`` (the fencing token to write under). ``recover``: it
+    was taken from another gateway, or another gateway owned it since this one last did, so
+    its turn is to be recovered before it is served."""
 
-    previous: str | None
     epoch: int
+    recover: bool = False
 
 
 @dataclass
@@ -166,15 +167,18 @@ class Runtime:
             if known[0] != tenant:
                 raise NotFound(f"session {session_id!r} not found")
             if time.monotonic() < known[1]:
-                return Claim(None, known[2])
-        with self.dbs.ledger.connect() as conn:
-            row = conn.execution_options(isolation_level="AUTOCOMMIT").execute(
+                return Claim(known[2])
+        # The thread's own connection, which does not wait for the WAL flush: a claim lost to a
+        # server crash leaves the older owner and epoch in the ledger, which stays the truth
+        # (that owner's held transactions died with the server; this gateway's writes under
+        # the lost epoch are refused, and it claims again).
+        with self.dbs.autocommit(self.dbs.ledger_url) as conn, conn.begin():  # sends no BEGIN
+            row = conn.execute(
                 _CLAIM,
                 {"me": self.gateway_id, "sid": session_id, "tenant": tenant,
                  "lease": self.settings.owner_lease_s, "draining": self.draining},
             ).first()
         if row is None:
-            self.lost(session_id)
             raise NotFound(f"session {session_id!r} not found")
         if row.epoch is None:  # not ours (any more): forget what we believed of it
             self.lost(session_id)
@@ -182,15 +186,15 @@ class Runtime:
                 raise draining()
             raise OwnedElsewhere(f"session {session_id!r} is owned by gateway {row.previous!r}",
                                  owner=row.previous, owner_url=row.url)
-        previous = row.previous if row.previous != self.gateway_id else None
-        if known is not None and known[2] != row.epoch:
-            # Another gateway owned it meanwhile (and let it go): what this one believed of
-            # the session is stale, and its turn must be recovered as after a takeover.
+        taken = row.previous not in (None, self.gateway_id)
+        # Owned elsewhere since this gateway last knew it (and let go of): what it believed of
+        # the session is stale, and the turn is recovered as after a takeover.
+        stale = known is not None and known[2] != row.epoch
+        if stale:
             self.lost(session_id)
-            previous = previous or "(a gateway that let it go)"
         self._owned[session_id] = (tenant, time.monotonic() + self.settings.owner_recheck_s,
                                    row.epoch)
-        return Claim(previous, row.epoch)
+        return Claim(row.epoch, recover=taken or stale)
 
     def forget_scope(self, session_id: str) -> None:
         self.scopes.pop(session_id, None)

@@ -18,7 +18,7 @@ deletes a session with all its events. Against that, copy the heads
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -57,44 +57,31 @@ def canonical(subject: Subject, source: str | None, target: str, at: datetime,
     return orjson.dumps(event, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def _stored_events(conn: Connection, session_id: str) -> Iterator[Any]:
-    table = models.table_of(models.CallEvent)
-    yield from conn.execute(
-        select(table).where(table.c.session_id == session_id).order_by(table.c.seq)
-    ).yield_per(1000)
-
-
-def verify_session(conn: Connection, session_id: str, head: tuple[int, str]) -> int:
-    """Recompute one session's chain up to its head (seq, hash); returns its number of events,
-    raises ``ValueError`` naming the first event where it breaks."""
-    expected_prev, count = GENESIS, 0
-    for row in _stored_events(conn, session_id):
+def verify_chain(conn: Connection, tenant: str) -> int:
+    """Recompute every session chain of the tenant in one pass over its events; returns their
+    number, raises ``ValueError`` naming the first event where a chain breaks, a chain whose
+    head does not match its last event, or events whose session row is gone."""
+    sessions = models.table_of(models.Session)
+    events = models.table_of(models.CallEvent)
+    heads = {row.id: (row.audit_seq, row.audit_hash) for row in conn.execute(
+        select(sessions.c.id, sessions.c.audit_seq, sessions.c.audit_hash)
+        .where(sessions.c.tenant == tenant))}
+    chains: dict[str, tuple[int, str]] = {}  # session id → (events so far, last hash)
+    for row in conn.execute(select(events).where(events.c.tenant == tenant)
+                            .order_by(events.c.session_id, events.c.seq)).yield_per(1000):
+        if row.session_id not in heads:
+            raise ValueError(f"audit events of session {row.session_id!r} remain but the "
+                             "session is gone")
+        count, expected_prev = chains.get(row.session_id, (0, GENESIS))
         subject = Subject(row.tenant, row.session_id, row.turn_id, row.call_id)
         payload = canonical(subject, row.from_status, row.to_status, row.at, row.detail)
         digest = hashlib.sha256((expected_prev + payload).encode()).hexdigest()
         if row.seq != count + 1 or row.prev_hash != expected_prev or row.hash != digest:
-            raise ValueError(f"audit chain of session {session_id!r} breaks at event seq "
+            raise ValueError(f"audit chain of session {row.session_id!r} breaks at event seq "
                              f"{row.seq}")
-        expected_prev, count = row.hash, count + 1
-    if (count, expected_prev) != head:
-        raise ValueError(f"audit chain head of session {session_id!r} does not match its "
-                         "last event")
-    return count
-
-
-def verify_chain(conn: Connection, tenant: str) -> int:
-    """Verify every session chain of the tenant; returns the number of events, raises
-    ``ValueError`` on a break, or on events whose session row is gone."""
-    sessions = models.table_of(models.Session)
-    events = models.table_of(models.CallEvent)
-    total = 0
-    for row in conn.execute(select(sessions.c.id, sessions.c.audit_seq, sessions.c.audit_hash)
-                            .where(sessions.c.tenant == tenant).order_by(sessions.c.id)):
-        total += verify_session(conn, row.id, (row.audit_seq, row.audit_hash))
-    stray = conn.execute(select(events.c.session_id).where(
-        events.c.tenant == tenant,
-        ~select(sessions.c.id).where(sessions.c.id == events.c.session_id).exists(),
-    ).limit(1)).scalar()
-    if stray is not None:
-        raise ValueError(f"audit events of session {stray!r} remain but the session is gone")
-    return total
+        chains[row.session_id] = (count + 1, row.hash)
+    for session_id, head in heads.items():
+        if chains.get(session_id, (0, GENESIS)) != head:
+            raise ValueError(f"audit chain head of session {session_id!r} does not match its "
+                             "last event")
+    return sum(count for count, _ in chains.values())

@@ -25,7 +25,7 @@ def scope_of(rt: Runtime, tenant: str, session_id: str,
     """Own the session, take its lock and load the turn (latest when ``turn_id`` is None)."""
     claim = rt.claim(session_id, tenant)
     with rt.session_lock(session_id), fenced(session_id, claim.epoch):
-        if claim.previous is not None:
+        if claim.recover:
             recovery.recover_session(rt, tenant, session_id)
         scope = rt.scopes.get(session_id)
         if scope is None or (turn_id is not None and scope.turn.id != turn_id):

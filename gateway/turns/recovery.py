@@ -187,11 +187,10 @@ def _end_holders(rt: Runtime, turn_id: str) -> None:
     it, so its row locks go now. A dead gateway's backends are gone already."""
     for url in rt.dbs.all_urls():
         try:
-            with rt.dbs.engine_for(url).connect() as conn:
+            with rt.dbs.autocommit(url) as conn, conn.begin():  # autocommit: sends no BEGIN
                 if ended := end_holders(conn, turn_id):
                     log.warning("ended %d held transaction(s) of turn %r left by the gateway "
                                 "that lost its session", ended, turn_id)
-                conn.commit()
         except DBAPIError:
             log.exception("could not end the held transactions of turn %r; Postgres ends "
                           "them at their idle timeout", turn_id)

@@ -87,7 +87,7 @@ def _number(value: float | None, digits: int) -> str:
     return f"{value:,.{digits}f}"
 
 
-def _statement(key: str) -> Cell:
+def _statement(key: str) -> Callable[[dict[str, Any]], Any]:
     return lambda t: None if t["statements"] is None else t["statements"][key]
 
 
@@ -190,65 +190,47 @@ def _ended(held: dict[str, Any]) -> str:
     return ", ".join(f"{count}× {label.split()[0]}" for label, count in held["refused"].items())
 
 
-def statements_table(result: dict[str, Any]) -> Table | None:
-    """The statements that most turns ran, per turn in each topology (``--verbose``)."""
+def _query_table(result: dict[str, Any], entries: Callable[[dict[str, Any]], Any],
+                 field: str, title: str, digits: int = 2,
+                 limit: int | None = None) -> Table | None:
+    """One row per query, one column per topology: ``field`` of each of a topology's
+    ``entries`` (None without them), the largest first."""
     topologies = result["topologies"]
-    if any(t["statements"] is None for t in topologies):
+    if any(entries(t) is None for t in topologies):
         return None
     per: dict[str, list[float]] = {}
     for i, t in enumerate(topologies):
-        for entry in t["statements"]["top"]:
-            per.setdefault(entry["query"], [0.0] * len(topologies))[i] = entry["per_turn"]
-    grid = Table(title="statements per turn (pg_stat_statements, idle rate left out)",
-                 title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0, 0, 1),
-                 show_edge=False)
+        for entry in entries(t):
+            per.setdefault(entry["query"], [0.0] * len(topologies))[i] = entry[field]
+    if not per:
+        return None
+    grid = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD,
+                 padding=(0, 0, 0, 1), show_edge=False)
     grid.add_column("statement", overflow="fold", max_width=70)
     for t in topologies:
         grid.add_column(_gateways(t["gateways"]), justify="right", no_wrap=True)
-    for query, values in sorted(per.items(), key=lambda kv: -max(kv[1]))[:VERBOSE_STATEMENTS]:
-        grid.add_row(_short(query), *[f"{v:.2f}" for v in values])
+    for query, values in sorted(per.items(), key=lambda kv: -max(kv[1]))[:limit]:
+        grid.add_row(_short(query), *[f"{v:.{digits}f}" for v in values])
     return grid
+
+
+def statements_table(result: dict[str, Any]) -> Table | None:
+    """The statements that most turns ran, per turn in each topology (``--verbose``)."""
+    return _query_table(result, _statement("top"), "per_turn",
+                        "statements per turn (pg_stat_statements, idle rate left out)",
+                        limit=VERBOSE_STATEMENTS)
 
 
 def background_table(result: dict[str, Any]) -> Table | None:
     """What the idle gateways ran, per second (``--verbose``)."""
-    topologies = result["topologies"]
-    if any(t["statements"] is None for t in topologies):
-        return None
-    per: dict[str, list[float]] = {}
-    for i, t in enumerate(topologies):
-        for entry in t["statements"]["background_top"]:
-            per.setdefault(entry["query"], [0.0] * len(topologies))[i] = entry["per_s"]
-    if not per:
-        return None
-    grid = Table(title="statements of the idle gateways, per second", title_justify="left",
-                 box=box.SIMPLE_HEAD, padding=(0, 0, 0, 1), show_edge=False)
-    grid.add_column("statement", overflow="fold", max_width=70)
-    for t in topologies:
-        grid.add_column(_gateways(t["gateways"]), justify="right", no_wrap=True)
-    for query, values in sorted(per.items(), key=lambda kv: -max(kv[1])):
-        grid.add_row(_short(query), *[f"{v:.2f}" for v in values])
-    return grid
+    return _query_table(result, _statement("background_top"), "per_s",
+                        "statements of the idle gateways, per second")
 
 
 def waiting_table(result: dict[str, Any]) -> Table | None:
     """The statements seen waiting for a lock, mean waiters per sample (``--verbose``)."""
-    topologies = result["topologies"]
-    per: dict[str, list[float]] = {}
-    for i, t in enumerate(topologies):
-        for entry in t["locks"]["top_waiting_queries"]:
-            per.setdefault(entry["query"], [0.0] * len(topologies))[i] = entry["mean_waiting"]
-    if not per:
-        return None
-    grid = Table(title="statements waiting for a lock (mean waiters per sample)",
-                 title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0, 0, 1),
-                 show_edge=False)
-    grid.add_column("statement", overflow="fold", max_width=70)
-    for t in topologies:
-        grid.add_column(_gateways(t["gateways"]), justify="right", no_wrap=True)
-    for query, values in sorted(per.items(), key=lambda kv: -max(kv[1])):
-        grid.add_row(_short(query), *[f"{v:.3f}" for v in values])
-    return grid
+    return _query_table(result, lambda t: t["locks"]["top_waiting_queries"], "mean_waiting",
+                        "statements waiting for a lock (mean waiters per sample)", digits=3)
 
 
 def _short(query: str, length: int = 140) -> str:

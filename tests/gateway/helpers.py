@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import Row, create_engine, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
@@ -78,13 +78,22 @@ def new_keys(ledger_url: str, tenant: str, *roles: str) -> list[str]:
         engine.dispose()
 
 
+def ledger_sql(url: str, statement: str, **params: Any) -> list[Row[Any]]:
+    """Run one statement on a connection and in a transaction of its own (as another client
+    of the database would); its rows, none for a write."""
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            result = conn.execute(text(statement), params)
+            return list(result) if result.returns_rows else []
+    finally:
+        engine.dispose()
+
+
 def expire_approval(ledger_url: str, call_id: str) -> None:
     """Move a call's approval deadline into the past, as if its time had run out."""
-    engine = create_engine(ledger_url, poolclass=NullPool)
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE calls SET approval_expires_at = now() - interval '1 second' "
-                          "WHERE id = :c"), {"c": call_id})
-    engine.dispose()
+    ledger_sql(ledger_url, "UPDATE calls SET approval_expires_at = now() - interval '1 second' "
+               "WHERE id = :c", c=call_id)
 
 
 def shop_state(url: str) -> dict[str, list[dict[str, Any]]]:

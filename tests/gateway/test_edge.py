@@ -10,11 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.pool import NullPool
 
 from tests.conftest import make_settings, reset_shop
-from tests.gateway.helpers import Api, local_gateways, new_keys
+from tests.gateway.helpers import Api, ledger_sql, local_gateways, new_keys
 
 LIMIT = 4096
 
@@ -33,10 +31,7 @@ def _raw(api: Api, path: str, body: bytes) -> Any:
 
 
 def _sessions(ledger_url: str) -> int:
-    engine = create_engine(ledger_url, poolclass=NullPool)
-    with engine.connect() as conn:
-        count = conn.execute(text("SELECT count(*) FROM sessions")).scalar_one()
-    engine.dispose()
+    [(count,)] = ledger_sql(ledger_url, "SELECT count(*) FROM sessions")
     return int(count)
 
 

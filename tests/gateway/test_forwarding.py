@@ -14,13 +14,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.pool import NullPool
 
 from gateway.sessions.forwarding import HEADER
 from lab.servers import LocalGateway
 from tests.conftest import make_settings, reset_shop
-from tests.gateway.helpers import local_gateways, new_keys, sequential_run, shop_state
+from tests.gateway.helpers import (
+    ledger_sql,
+    local_gateways,
+    new_keys,
+    sequential_run,
+    shop_state,
+)
 
 LEASE_S = 15.0  # the default: failover must not wait for it
 
@@ -44,11 +48,8 @@ def _client(gateway: LocalGateway, key: str) -> httpx.Client:
 
 
 def _owner(ledger_url: str, session_id: str) -> str:
-    engine = create_engine(ledger_url, poolclass=NullPool)
-    with engine.connect() as conn:
-        owner = conn.execute(text("SELECT owner_id FROM sessions WHERE id = :s"),
-                             {"s": session_id}).scalar_one()
-    engine.dispose()
+    [(owner,)] = ledger_sql(ledger_url, "SELECT owner_id FROM sessions WHERE id = :s",
+                            s=session_id)
     return str(owner)
 
 

@@ -8,14 +8,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
 from gateway.ledger.audit import verify_chain
 from gateway.transactions.holder import holder_name
 from gateway.turns import recovery
 from tests.conftest import make_settings, reset_shop
-from tests.gateway.helpers import Api, new_keys, shop_state
+from tests.gateway.helpers import Api, ledger_sql, new_keys, shop_state
 
 
 def _two_gateways(gateway_factory: Any, pg_home: Path, ledger_url: str,
@@ -33,22 +33,15 @@ def _two_gateways(gateway_factory: Any, pg_home: Path, ledger_url: str,
 
 def _stop_heartbeat(ledger_url: str, gateway_id: str) -> None:
     """As if the gateway had stopped (died or paused) an hour ago: its lease has lapsed."""
-    raw = create_engine(ledger_url, poolclass=NullPool)
-    with raw.begin() as conn:
-        conn.execute(text("UPDATE gateways SET heartbeat_at = now() - interval '1 hour' "
-                          "WHERE id = :id"), {"id": gateway_id})
-    raw.dispose()
+    ledger_sql(ledger_url, "UPDATE gateways SET heartbeat_at = now() - interval '1 hour' "
+               "WHERE id = :id", id=gateway_id)
 
 
 def _holders(url: str, turn_id: str) -> int:
     """The backends holding the turn's transaction (a new connection: pg_stat_activity is a
     snapshot taken once per transaction)."""
-    engine = create_engine(url, poolclass=NullPool)
-    with engine.connect() as conn:
-        count = conn.execute(text("SELECT count(*) FROM pg_stat_activity "
-                                  "WHERE application_name = :name"),
-                             {"name": holder_name(turn_id)}).scalar_one()
-    engine.dispose()
+    [(count,)] = ledger_sql(url, "SELECT count(*) FROM pg_stat_activity "
+                                 "WHERE application_name = :name", name=holder_name(turn_id))
     return int(count)
 
 
@@ -149,10 +142,11 @@ def test_a_write_under_a_lost_epoch_is_refused_and_the_old_owner_lets_go(
     again = stale.post(f"/v1/sessions/{sid}/turns", {})
     assert again.status_code == 409
     assert again.json()["error"]["code"] == "session_owned_elsewhere"
-    with create_engine(ledger_url, poolclass=NullPool).connect() as conn:
-        tenant = conn.execute(text("SELECT tenant FROM sessions WHERE id = :s"),
-                              {"s": sid}).scalar_one()
+    [(tenant,)] = ledger_sql(ledger_url, "SELECT tenant FROM sessions WHERE id = :s", s=sid)
+    engine = create_engine(ledger_url, poolclass=NullPool)
+    with engine.connect() as conn:
         assert verify_chain(conn, tenant) > 0
+    engine.dispose()
 
 
 def test_a_gateway_checks_its_ownership_again_and_stops_serving_a_lost_session(
@@ -205,20 +199,15 @@ def test_a_draining_gateway_leaves_the_sessions_it_does_not_own_to_the_others(
     owner.call(sid, 1, "list_products")
     first_rt, second_rt = first.app.state.runtime, second.app.state.runtime
     assert first_rt.disown(sid)
-    raw = create_engine(ledger_url, poolclass=NullPool)
-    with raw.begin() as conn:
-        conn.execute(text("UPDATE turns SET expires_at = now() - interval '1 second' "
-                          "WHERE id = :t"), {"t": tid})
+    ledger_sql(ledger_url, "UPDATE turns SET expires_at = now() - interval '1 second' "
+               "WHERE id = :t", t=tid)
     second_rt.draining = True
     counts = recovery.reconcile(second_rt)
     assert counts["expired_turns"] == 0
-    with raw.connect() as conn:
-        row = conn.execute(text("SELECT s.owner_id, t.status FROM sessions s JOIN turns t "
-                                "ON t.session_id = s.id WHERE t.id = :t"), {"t": tid}).one()
+    [row] = ledger_sql(ledger_url, "SELECT s.owner_id, t.status FROM sessions s JOIN turns t "
+                       "ON t.session_id = s.id WHERE t.id = :t", t=tid)
     assert (row.owner_id, row.status) == (None, "open")
     second_rt.draining = False
     assert recovery.reconcile(second_rt)["expired_turns"] >= 1  # a gateway that stays
-    with raw.connect() as conn:
-        assert conn.execute(text("SELECT status FROM turns WHERE id = :t"),
-                            {"t": tid}).scalar() == "expired"
-    raw.dispose()
+    assert ledger_sql(ledger_url, "SELECT status FROM turns WHERE id = :t", t=tid) == [
+        ("expired",)]
